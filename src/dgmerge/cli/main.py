@@ -1,0 +1,51 @@
+"""The `dgmerge` command: wires every command module into one typer app."""
+
+from __future__ import annotations
+
+import typer
+
+from dgmerge import __version__
+
+app = typer.Typer(
+    name="dgmerge",
+    help="Domain generalization by harmonizing and merging source models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dgmerge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Domain generalization by harmonizing and merging source models."""
+
+
+def _register_commands() -> None:
+    # Each module adds its own commands; importing here keeps `dgmerge --help` the one
+    # place where the full command list is assembled.
+    from dgmerge.cli import data_cmd, merge_cmd, run_cmd
+
+    data_cmd.register(app)
+    run_cmd.register(app)
+    merge_cmd.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point of the `dgmerge` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Typed, validated experiment configs.
+
+Every config is a pydantic model that forbids unknown keys, so a typo in a YAML file fails
+before any work starts, with the field's name in the message.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TRAINABLE_PATTERN = re.compile(r"^(all|none|norms_biases|last:[1-9][0-9]*)$")
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(StrictModel):
+    """Which image encoder to build and where its weights come from."""
+
+    kind: Literal["open_clip", "hf_clip", "timm", "tiny_cnn"] = "timm"
+    # open_clip: model name (ViT-B-16); hf_clip: hub id or local directory;
+    # timm: model name (mobilenetv2_100); tiny_cnn: width tag ("tiny").
+    name: str = "mobilenetv2_100"
+    # open_clip: pretrained tag (openai) or a local checkpoint file; ignored otherwise.
+    pretrained: str | None = None
+    # A local weights file (timm / tiny_cnn state dict, open_clip checkpoint); overrides hubs.
+    checkpoint: Path | None = None
+    # Extra keyword arguments for the model constructor (e.g. timm's pad_type="same").
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Prompt templates for CLIP zero-shot heads; "{}" is replaced by the class name.
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
+    # Input normalisation override (mean, std), e.g. [0.5]*3 for TF-converted weights.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    image_size: int | None = Field(default=None, gt=0)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, value: list[str]) -> list[str]:
+        for template in value:
+            if "{}" not in template:
+                raise ValueError(f"prompt template {template!r} has no '{{}}' slot for the class name")
+        return value
+
+
+class DataConfig(StrictModel):
+    """A DomainBed-layout dataset and how it is split."""
+
+    root: Path = Path("data")
+    dataset: str = "PACS"
+    # Test domains to hold out, one run each; None = every domain in turn.
+    test_domains: list[str] | None = None
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # Which images of the test domain are scored: all of them, or its in/out split.
+    test_split: Literal["full", "in", "out"] = "full"
+    train_augment: bool = False
+    on_bad_image: Literal["raise", "skip"] = "raise"
+    # Subsample each domain for quick runs (None = every image).
+    max_images_per_domain: int | None = Field(default=None, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class ProbeConfig(StrictModel):
+    """Linear-probe head for backbones without a text encoder (trained on frozen features)."""
+
+    epochs: int = Field(default=30, gt=0)
+    lr: float = Field(default=1e-2, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    batch_size: int = Field(default=256, gt=0)
+
+
+class TrainConfig(StrictModel):
+    """Fine-tuning of an encoder under a frozen head (AdamW, cosine schedule)."""
+
+    steps: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=24, gt=0, description="images per source domain per step")
+    lr: float = Field(default=1e-5, gt=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    # Which encoder parameters train: all | none | norms_biases | last:N (last N blocks).
+    trainable: str = "all"
+    train_head: bool = False
+    eval_every: int = Field(default=50, gt=0)
+    eval_batch_size: int = Field(default=128, gt=0)
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_spec(cls, value: str) -> str:
+        if not TRAINABLE_PATTERN.match(value):
+            raise ValueError(f"trainable must be all, none, norms_biases or last:N, got {value!r}")
+        return value
+
+
+Method = Literal["zero_shot", "erm", "single_source", "merge_average"]
+
+
+class ExperimentConfig(StrictModel):
+    """One leave-one-domain-out experiment: data, backbone, training and the methods to run."""
+
+    name: str = "experiment"
+    output_dir: Path = Path("runs/experiment")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    methods: list[Method] = Field(
+        default_factory=lambda: ["zero_shot", "erm", "single_source", "merge_average"], min_length=1
+    )
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply dotted overrides, and validate it.
+
+    Raises ConfigError naming the file and every bad field, before any work is done.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a plain dict as an ExperimentConfig, with field names in the error."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config: {problems}") from exc
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['train.lr=1e-4', 'seeds=[0,1]'] into {'train.lr': 1e-4, 'seeds': [0, 1]} (YAML values)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} must look like key=value (e.g. train.lr=1e-4)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,45 @@
+"""The Backbone record every loader returns: an image encoder plus what it needs to be used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+# (class names, prompt templates) -> head mapping encoder features to logits.
+HeadBuilder = Callable[[list[str], list[str]], nn.Module]
+
+
+@dataclass
+class Backbone:
+    """An image encoder with its preprocessing and structure.
+
+    encoder: maps a batch of preprocessed images [B, 3, H, W] to features [B, feature_dim].
+    blocks: names of the encoder's sequential stages (as in `encoder.named_modules()`),
+        input to output; `last:N` trains the last N of them (plus anything after them,
+        such as a final norm or projection, listed in `tail`).
+    text_head: builds a frozen zero-shot head from class names (CLIP only, else None).
+    """
+
+    kind: str
+    name: str
+    encoder: nn.Module
+    feature_dim: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    blocks: list[str]
+    tail: list[str] = field(default_factory=list)
+    text_head: HeadBuilder | None = None
+    # The encoder's own eval preprocessing (PIL image -> tensor).
+    eval_transform: Callable | None = None
+
+    @property
+    def has_text_head(self) -> bool:
+        return self.text_head is not None
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)

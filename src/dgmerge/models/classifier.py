@@ -1,0 +1,73 @@
+"""Classifier = image encoder + head, and the rule for which of its parameters train."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dgmerge.models.backbone import Backbone
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+
+
+class Classifier(nn.Module):
+    """logits = head(encoder(x)).
+
+    BatchNorm statistics stay frozen in train mode by default: the per-domain models must
+    share θ0 for merging, and re-estimating running stats on one small domain moves the
+    buffers away from it (and breaks BN-folded weights such as ../shared's MobileNetV2).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, freeze_norm_stats: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.freeze_norm_stats = freeze_norm_stats
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if mode and self.freeze_norm_stats:
+            for module in self.modules():
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+                    module.eval()
+        return self
+
+
+def trainable_encoder_names(encoder: nn.Module, backbone: Backbone, spec: str) -> list[str]:
+    """Names of the encoder parameters that `spec` trains (all | none | norms_biases | last:N)."""
+    names = [name for name, _ in encoder.named_parameters()]
+    if spec == "all":
+        return names
+    if spec == "none":
+        return []
+    if spec == "norms_biases":
+        norm_params = {
+            f"{mod_name}.{p_name}" if mod_name else p_name
+            for mod_name, module in encoder.named_modules()
+            if isinstance(module, NORM_TYPES)
+            for p_name, _ in module.named_parameters(recurse=False)
+        }
+        return [n for n in names if n in norm_params or n.endswith("bias")]
+    if spec.startswith("last:"):
+        count = int(spec.split(":", 1)[1])
+        if count > len(backbone.blocks):
+            raise ValueError(
+                f"trainable=last:{count} but backbone {backbone.name} has only "
+                f"{len(backbone.blocks)} blocks ({', '.join(backbone.blocks)})"
+            )
+        prefixes = backbone.blocks[len(backbone.blocks) - count:] + list(backbone.tail)
+        return [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
+    raise ValueError(f"unknown trainable spec {spec!r}: use all, none, norms_biases or last:N")
+
+
+def set_trainable(model: Classifier, backbone: Backbone, spec: str, train_head: bool = False) -> list[str]:
+    """Freeze everything except the parameters `spec` selects; returns the trainable names."""
+    chosen = set(trainable_encoder_names(model.encoder, backbone, spec))
+    for name, param in model.encoder.named_parameters():
+        param.requires_grad_(name in chosen)
+    for param in model.head.parameters():
+        param.requires_grad_(train_head)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
