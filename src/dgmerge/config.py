@@ -114,6 +114,15 @@ class ExperimentConfig(StrictModel):
     methods: list[Method] = Field(
         default_factory=lambda: ["zero_shot", "erm", "single_source", "merge_average"], min_length=1
     )
+    # Save every trained model (safetensors, with its config in the metadata) under output_dir.
+    save_models: bool = True
+
+    @field_validator("methods")
+    @classmethod
+    def _merge_needs_sources(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"methods are listed twice: {value}")
+        return value
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,35 @@
+"""Accuracy of a classifier on a dataset."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dgmerge.progress import progress
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int = 128, num_workers: int = 0,
+            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels of every item of `dataset`, in order."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds, labels = [], []
+    for images, targets in progress(loader, desc=desc or "evaluating", total=len(loader)):
+        preds.append(model(images).argmax(dim=1))
+        labels.append(torch.as_tensor(targets))
+    model.train(was_training)
+    if not preds:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 128, num_workers: int = 0,
+             desc: str | None = None) -> float:
+    """Top-1 accuracy in [0, 1]; raises on an empty dataset rather than reporting a fake 0."""
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"cannot measure accuracy on an empty dataset ({desc or 'unnamed'})")
+    preds, labels = predict(model, dataset, batch_size, num_workers, desc)
+    return (preds == labels).float().mean().item()

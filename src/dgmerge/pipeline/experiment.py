@@ -1,0 +1,225 @@
+"""Leave-one-domain-out experiment: θ0 head, ERM, one model per source, and their merge.
+
+For each seed and test domain: build the environments (the test domain is held out of
+training and model selection), load θ0, give it a frozen head (CLIP text head, or a linear
+probe fitted on the pooled source training splits), then run each requested method and
+append one result row per method to results.jsonl.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from dgmerge.config import ExperimentConfig
+from dgmerge.data.environments import Environments, make_environments
+from dgmerge.data.imagefolder import DomainIndex, ImageDataset, scan_domains
+from dgmerge.data.transforms import eval_transform, train_transform
+from dgmerge.evaluation.accuracy import accuracy
+from dgmerge.evaluation.results import append_result, config_hash, make_row, read_results
+from dgmerge.merging import merge
+from dgmerge.models import load_backbone
+from dgmerge.models.backbone import Backbone
+from dgmerge.models.classifier import Classifier, set_trainable
+from dgmerge.models.heads import LinearHead
+from dgmerge.pipeline.artifacts import save_history, save_model
+from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
+from dgmerge.training.probe import extract_features, fit_linear_probe
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Cell:
+    """Everything one (seed, test domain) run needs, built once and shared by its methods."""
+
+    cfg: ExperimentConfig
+    index: DomainIndex
+    envs: Environments
+    seed: int
+    test_domain: str
+    backbone: Backbone
+    theta0: Classifier
+    train_sets: dict[str, Dataset]
+    val_sets: dict[str, Dataset]
+    test_set: Dataset
+    job: str
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.output_dir / "models" / f"seed{self.seed}" / self.test_domain
+
+
+def experiment_key(cfg: ExperimentConfig) -> str:
+    """Hash of everything that changes a result, except which seeds/domains/methods run."""
+    payload = cfg.model_dump(mode="json", exclude={"seeds", "methods", "output_dir", "name", "save_models"})
+    payload["data"].pop("test_domains", None)
+    payload["data"].pop("num_workers", None)
+    return config_hash(payload)
+
+
+def run_experiment(cfg: ExperimentConfig, log: Log = print) -> list[dict[str, Any]]:
+    """Run every (seed, test domain) cell of `cfg`, skipping cells already in results.jsonl."""
+    dataset_dir = cfg.data.root / cfg.data.dataset
+    index = scan_domains(dataset_dir)
+    test_domains = cfg.data.test_domains or list(index.domains)
+    unknown = [d for d in test_domains if d not in index.domains]
+    if unknown:
+        raise ValueError(f"test domains {unknown} are not in {dataset_dir} (domains: {', '.join(index.domains)})")
+    if len(index.domains) < 2:
+        raise ValueError(f"{dataset_dir} has {len(index.domains)} domain(s); leave-one-out needs at least 2")
+    results_path = cfg.output_dir / "results.jsonl"
+    key = experiment_key(cfg)
+    done = _finished_methods(results_path, key)
+    rows: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        for test_domain in test_domains:
+            todo = [m for m in cfg.methods if m not in done.get((seed, test_domain), set())]
+            if not todo:
+                log(f"[skip] seed {seed}, test domain {test_domain}: already in {results_path}")
+                continue
+            log(f"== seed {seed} · test domain {test_domain} · methods {', '.join(todo)}")
+            cell = build_cell(cfg, index, test_domain, seed, key)
+            rows += run_cell(cell, todo, results_path, log)
+    return rows
+
+
+def _finished_methods(results_path: Path, key: str) -> dict[tuple[int, str], set[str]]:
+    done: dict[tuple[int, str], set[str]] = {}
+    if results_path.exists():
+        for row in read_results(results_path):
+            if row.get("experiment_key") == key:
+                done.setdefault((row["seed"], row["test_domain"]), set()).add(row.get("method_group", row["method"]))
+    return done
+
+
+def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed: int, key: str) -> Cell:
+    """Environments, datasets and θ0 (encoder + frozen head) for one seed and test domain."""
+    envs = make_environments(index, test_domain, trial_seed=seed, holdout_fraction=cfg.data.holdout_fraction,
+                             max_images_per_domain=cfg.data.max_images_per_domain)
+    envs.check_no_leak()
+    torch.manual_seed(seed)
+    backbone = load_backbone(cfg.backbone)
+    eval_tf = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    train_tf = train_transform(backbone.image_size, backbone.mean, backbone.std) if cfg.data.train_augment else eval_tf
+    mode = cfg.data.on_bad_image
+    train_sets = {d: ImageDataset(envs.train_in[d], train_tf, on_bad_image=mode) for d in envs.sources}
+    val_sets = {d: ImageDataset(envs.train_out[d], eval_tf, on_bad_image=mode) for d in envs.sources}
+    test_samples = {"full": envs.test, "in": envs.test_in, "out": envs.test_out}[cfg.data.test_split]
+    test_set = ImageDataset(test_samples, eval_tf, on_bad_image=mode)
+    head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed)
+    theta0 = Classifier(backbone.encoder, head)
+    return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key)
+
+
+def _frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
+                 eval_tf: Any, seed: int) -> torch.nn.Module:
+    if backbone.text_head is not None:
+        return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
+    # Probe on un-augmented pooled source training splits only: the head must not see the target.
+    pooled = ConcatDataset([ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image)
+                            for d in envs.sources])
+    feats, labels = extract_features(backbone.encoder, pooled, cfg.train.eval_batch_size, desc="probe features")
+    linear = fit_linear_probe(feats, labels, len(index.classes), cfg.probe, seed)
+    head = LinearHead(backbone.feature_dim, len(index.classes))
+    head.load_state_dict({f"linear.{k}": v for k, v in linear.state_dict().items()})
+    head.requires_grad_(False)
+    return head
+
+
+def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> list[dict[str, Any]]:
+    """Run `methods` on one cell in a sensible order and append their rows."""
+    rows: list[dict[str, Any]] = []
+    cfg = cell.cfg
+    source_states: list[dict[str, torch.Tensor]] = []
+
+    def record(method: str, model: Classifier, start: float, extra: dict[str, Any], group: str | None = None,
+               result: TrainResult | None = None) -> None:
+        row = _evaluate_and_record(cell, method, model, start, extra, group or method, result)
+        append_result(results_path, row)
+        rows.append(row)
+        log(f"   {method:<28} test acc {100 * row['test_acc']:5.1f}   source val {100 * row['val_acc']:5.1f}")
+        if cfg.save_models and method != "zero_shot":
+            save_model(cell.out_dir / f"{method}.safetensors", model, _model_meta(cell, method))
+
+    if "zero_shot" in methods:
+        start = time.perf_counter()
+        record("zero_shot", cell.theta0, start, {"head": type(cell.theta0.head).__name__})
+    if "erm" in methods:
+        start = time.perf_counter()
+        model, result = _train(cell, cell.train_sets, "erm")
+        record("erm", model, start, _train_extra(result), result=result)
+    if "single_source" in methods or "merge_average" in methods:
+        single_accs = []
+        for source in cell.envs.sources:
+            start = time.perf_counter()
+            model, result = _train(cell, {source: cell.train_sets[source]}, f"source {source}")
+            source_states.append({k: v for k, v in model.state_dict().items()})
+            if "single_source" in methods:
+                record(f"source:{source}", model, start, {**_train_extra(result), "source_domain": source},
+                       group="single_source", result=result)
+                single_accs.append(rows[-1]["test_acc"])
+        if "single_source" in methods:
+            row = make_row(**_row_ids(cell, "single_source_mean"), test_acc=statistics.fmean(single_accs),
+                           wall_time_s=0.0, val_acc=float("nan"), experiment_key=cell.job,
+                           method_group="single_source", note="mean test accuracy of the single-source models")
+            append_result(results_path, row)
+            rows.append(row)
+    if "merge_average" in methods:
+        start = time.perf_counter()
+        merged = copy_model(cell.theta0)
+        merged.load_state_dict(merge("average", cell.theta0.state_dict(), source_states))
+        record("merge_average", merged, start, {"merged": list(cell.envs.sources)})
+    return rows
+
+
+def _train(cell: Cell, train_sets: dict[str, Dataset], desc: str) -> tuple[Classifier, TrainResult]:
+    model = copy_model(cell.theta0)
+    set_trainable(model, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
+    result = fine_tune(model, train_sets, cell.val_sets, cell.cfg.train, cell.seed, desc=desc)
+    model.load_state_dict(result.best_state)
+    name = desc.replace(" ", "_")
+    save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / f"{name}.csv", result.history)
+    return model, result
+
+
+def _train_extra(result: TrainResult) -> dict[str, Any]:
+    return {"best_step": result.best_step, "train_wall_time_s": round(result.wall_time_s, 3)}
+
+
+def _row_ids(cell: Cell, method: str) -> dict[str, Any]:
+    cfg = cell.cfg
+    hparams = {"train": cfg.train.model_dump(mode="json"), "probe": cfg.probe.model_dump(mode="json"),
+               "backbone": cfg.backbone.model_dump(mode="json", exclude={"templates"}),
+               "train_augment": cfg.data.train_augment}
+    split = {"holdout_fraction": cfg.data.holdout_fraction, "trial_seed": cell.seed,
+             "split_seed": "seed_hash(trial_seed, domain)", "test_split": cfg.data.test_split,
+             "max_images_per_domain": cfg.data.max_images_per_domain,
+             "sources": list(cell.envs.sources), "n_test": len(cell.test_set)}  # type: ignore[arg-type]
+    return {"dataset": cfg.data.dataset, "test_domain": cell.test_domain, "seed": cell.seed, "method": method,
+            "hparams": hparams, "split": split, "selection": SELECTION_RULE}
+
+
+def _evaluate_and_record(cell: Cell, method: str, model: Classifier, start: float, extra: dict[str, Any],
+                         group: str, result: TrainResult | None) -> dict[str, Any]:
+    batch = cell.cfg.train.eval_batch_size
+    if result is not None and result.history and "val_acc" in result.history[-1]:
+        val_acc = result.best_val_acc
+    else:
+        val_acc = statistics.fmean(accuracy(model, data, batch, desc=f"val {d}") for d, data in cell.val_sets.items())
+    test_acc = accuracy(model, cell.test_set, batch, desc=f"test {cell.test_domain}")
+    return make_row(**_row_ids(cell, method), test_acc=test_acc, val_acc=val_acc,
+                    wall_time_s=time.perf_counter() - start, experiment_key=cell.job, method_group=group, **extra)
+
+
+def _model_meta(cell: Cell, method: str) -> dict[str, Any]:
+    return {"method": method, "dataset": cell.cfg.data.dataset, "test_domain": cell.test_domain,
+            "seed": cell.seed, "classes": list(cell.index.classes),
+            "backbone": cell.cfg.backbone.model_dump(mode="json"),
+            "head": type(cell.theta0.head).__name__}

@@ -1,0 +1,105 @@
+"""Fine-tuning under a frozen head: ERM on pooled sources, or one model per source.
+
+Both are the same loop: every step draws `batch_size` images from each training domain,
+concatenates them and takes one AdamW step on the mean cross-entropy (DomainBed's ERM).
+Model selection is DomainBed's training-domain validation: the checkpoint with the best
+mean accuracy over the training domains' out-splits. The target domain is never passed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from dgmerge.config import TrainConfig
+from dgmerge.evaluation.accuracy import accuracy
+from dgmerge.models.classifier import Classifier
+from dgmerge.progress import progress
+from dgmerge.training.batches import BatchStream
+
+SELECTION_RULE = "training-domain validation: best mean source out-split accuracy over checkpoints"
+
+
+@dataclass
+class TrainResult:
+    """What a fine-tuning run produced: the selected and final weights and its history."""
+
+    best_state: dict[str, torch.Tensor]
+    final_state: dict[str, torch.Tensor]
+    best_step: int
+    best_val_acc: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def validation_accuracy(model: Classifier, val_sets: dict[str, Dataset], batch_size: int) -> dict[str, float]:
+    """Accuracy on each training domain's out-split (the model-selection data)."""
+    return {name: accuracy(model, data, batch_size, desc=f"val {name}") for name, data in val_sets.items()}
+
+
+def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[str, Dataset],
+              cfg: TrainConfig, seed: int, desc: str = "fine-tune") -> TrainResult:
+    """Train `model` in place on `train_sets` and return its best and final weights.
+
+    `model` must already have its trainable parameters chosen (see set_trainable).
+    Per-domain training losses are logged at every step for loss-curve figures.
+    """
+    if not train_sets:
+        raise ValueError("fine_tune needs at least one training domain")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: check the `trainable` setting")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    streams = {name: BatchStream(data, cfg.batch_size, seed=seed * 1000 + i)
+               for i, (name, data) in enumerate(train_sets.items())}
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+
+    history: list[dict[str, Any]] = []
+    best_state, best_step, best_acc = _clone_state(model), 0, -1.0
+    model.train()
+    for step in progress(range(1, cfg.steps + 1), desc=desc, total=cfg.steps):
+        batches = [next(stream) for stream in streams.values()]
+        images = torch.cat([b[0] for b in batches])
+        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
+        per_sample = F.cross_entropy(model(images), labels, reduction="none")
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+        record: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+        offset = 0
+        for name, (batch_images, _) in zip(streams, batches):
+            record[f"loss/{name}"] = per_sample[offset:offset + len(batch_images)].mean().item()
+            offset += len(batch_images)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = validation_accuracy(model, val_sets, cfg.eval_batch_size)
+            record.update({f"val/{k}": v for k, v in val.items()})
+            record["val_acc"] = statistics.fmean(val.values()) if val else float("nan")
+            # Ties go to the later checkpoint: it has seen more data at equal validation skill.
+            if not val or record["val_acc"] >= best_acc:
+                best_state, best_step, best_acc = _clone_state(model), step, record["val_acc"]
+            model.train()
+        history.append(record)
+
+    return TrainResult(best_state=best_state, final_state=_clone_state(model), best_step=best_step,
+                       best_val_acc=best_acc, history=history, wall_time_s=time.perf_counter() - start)
+
+
+def copy_model(model: Classifier) -> Classifier:
+    """An independent copy (separate parameters) sharing nothing with `model`."""
+    return copy.deepcopy(model)
