@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dgmerge.config import ProbeConfig, TrainConfig
+from dgmerge.models.classifier import Classifier
+from dgmerge.training.batches import BatchStream
+from dgmerge.training.finetune import fine_tune
+from dgmerge.training.probe import fit_linear_probe
+
+
+def blobs(seed: int, n: int = 60, shift: float = 0.0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centers = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    x = centers[labels] + 0.5 * torch.randn(n, 2, generator=g) + shift
+    return TensorDataset(x, labels)
+
+
+def model(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    head = nn.Linear(4, 3)
+    head.requires_grad_(False)
+    return Classifier(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4)), head)
+
+
+def test_batch_stream_is_seeded_and_endless():
+    data = TensorDataset(torch.arange(10).float(), torch.arange(10))
+    first, second = BatchStream(data, 4, seed=3), BatchStream(data, 4, seed=3)
+    draws = [next(first)[1].tolist() for _ in range(7)]  # several passes of 2 full batches
+    assert draws == [next(second)[1].tolist() for _ in range(7)]
+    assert all(len(d) == 4 for d in draws)
+    # Within one pass no item repeats (sampling without replacement).
+    assert len(set(draws[0] + draws[1])) == 8
+    other = BatchStream(data, 4, seed=4)
+    assert [next(other)[1].tolist() for _ in range(7)] != draws
+
+
+def test_fine_tune_learns_selects_best_and_logs_per_domain_losses():
+    m = model()
+    cfg = TrainConfig(steps=60, batch_size=8, lr=5e-2, weight_decay=0.0, eval_every=20)
+    result = fine_tune(m, {"a": blobs(0), "b": blobs(1, shift=0.5)}, {"a": blobs(2), "b": blobs(3)}, cfg, seed=0)
+    assert [h["step"] for h in result.history] == list(range(1, 61))
+    evaluated = [h for h in result.history if "val_acc" in h]
+    assert [h["step"] for h in evaluated] == [20, 40, 60]
+    assert result.best_val_acc == max(h["val_acc"] for h in evaluated)
+    assert result.best_val_acc > 0.9
+    assert {"loss/a", "loss/b"} <= set(result.history[0])
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_frozen_head_and_batchnorm_stats_do_not_move():
+    m = model()
+    head_before = m.head.weight.clone()
+    bn_before = m.encoder[1].running_mean.clone()
+    fine_tune(m, {"a": blobs(0)}, {"a": blobs(2)}, TrainConfig(steps=5, batch_size=8, lr=1e-2, eval_every=5), seed=0)
+    assert torch.equal(m.head.weight, head_before)
+    assert torch.equal(m.encoder[1].running_mean, bn_before)
+
+
+def test_same_seed_same_weights_different_seed_different():
+    cfg = TrainConfig(steps=10, batch_size=8, lr=1e-2, eval_every=10)
+    runs = []
+    for seed in (0, 0, 1):
+        m = model()
+        runs.append(fine_tune(m, {"a": blobs(0)}, {"a": blobs(2)}, cfg, seed=seed).final_state)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_no_trainable_parameters_is_a_clear_error():
+    m = model()
+    m.requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable"):
+        fine_tune(m, {"a": blobs(0)}, {}, TrainConfig(steps=1), seed=0)
+
+
+def test_linear_probe_fits_separable_features_and_is_frozen():
+    data = blobs(0, n=90)
+    head = fit_linear_probe(data.tensors[0], data.tensors[1], 3, ProbeConfig(epochs=40, lr=5e-2, batch_size=16), 0)
+    test = blobs(5, n=90)
+    acc = (head(test.tensors[0]).argmax(1) == test.tensors[1]).float().mean().item()
+    assert acc > 0.95
+    assert not any(p.requires_grad for p in head.parameters())
+    again = fit_linear_probe(data.tensors[0], data.tensors[1], 3, ProbeConfig(epochs=40, lr=5e-2, batch_size=16), 0)
+    assert torch.equal(head.weight, again.weight)
