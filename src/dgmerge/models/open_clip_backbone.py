@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,8 @@ def load_open_clip(cfg: BackboneConfig) -> Backbone:
     if cfg.image_size is not None:
         kwargs.setdefault("force_image_size", cfg.image_size)
     if checkpoint is not None:
-        model = open_clip.create_model(cfg.name, pretrained=None, **kwargs)
+        with _quiet_random_init_warning():
+            model = open_clip.create_model(cfg.name, pretrained=None, **kwargs)
         load_strict(model, adapt_state_dict(model, load_state_file(checkpoint)), source=str(checkpoint))
     else:
         model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
@@ -115,6 +118,22 @@ def make_text_head_builder(model: nn.Module, tokenizer: Any):
         return ZeroShotHead(embeddings, model.logit_scale.detach().float().cpu().clone())
 
     return build
+
+
+@contextmanager
+def _quiet_random_init_warning():
+    # open_clip warns "initialized randomly" when given no tag, but we load the file right after.
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    dropper = _Drop()
+    root.addFilter(dropper)
+    try:
+        yield
+    finally:
+        root.removeFilter(dropper)
 
 
 def _eval_preprocess(visual: nn.Module, cfg: BackboneConfig):

@@ -1,0 +1,68 @@
+"""Tiny randomly initialised models saved in their real on-disk formats, for offline tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_OPEN_CLIP = "dgmerge-test-tiny-vit"
+
+
+def shared_dir() -> Path | None:
+    """shared/ beside the repository (or $DGMERGE_SHARED); None when it is not there."""
+    env = os.environ.get("DGMERGE_SHARED")
+    # tests/models/conftest.py -> parents[2] is the repository root; shared/ is its sibling.
+    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory):
+    """(model name, reference model, checkpoint path) of a registered tiny open_clip ViT."""
+    import open_clip
+
+    config_dir = tmp_path_factory.mktemp("open_clip_configs")
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (config_dir / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(config_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_OPEN_CLIP).eval()
+    # Saved the way training scripts save: nested under "state_dict", DataParallel prefixes.
+    checkpoint = config_dir / "tiny_open_clip.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
+    return TINY_OPEN_CLIP, model, checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory: pytest.TempPathFactory):
+    """(directory, reference CLIPModel, tokenizer) of a tiny transformers CLIP saved with
+    save_pretrained, with a byte-level BPE tokenizer (no merges) saved beside it."""
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("hf_clip")
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+    tokenizer.save_pretrained(directory)
+    special = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, **special),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(directory)
+    return directory, model, tokenizer
