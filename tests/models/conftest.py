@@ -12,7 +12,8 @@ import torch
 TINY_OPEN_CLIP = "dgmerge-test-tiny-vit"
 
 
-def shared_dir() -> Path | None:
+@pytest.fixture(scope="session")
+def shared_root() -> Path | None:
     """shared/ beside the repository (or $DGMERGE_SHARED); None when it is not there."""
     env = os.environ.get("DGMERGE_SHARED")
     # tests/models/conftest.py -> parents[2] is the repository root; shared/ is its sibling.

@@ -98,6 +98,20 @@ def _preprocess_settings(source: str, model: nn.Module, cfg: BackboneConfig,
     if processor is not None:
         mean = tuple(processor.image_mean or mean)
         std = tuple(processor.image_std or std)
-        crop = getattr(processor, "crop_size", None) or {}
-        image_size = int(crop.get("height", image_size)) if isinstance(crop, dict) else int(crop)
+        image_size = _edge(getattr(processor, "crop_size", None), image_size)
+        # PIL resample codes: 2 = bilinear, 3 = bicubic.
+        interpolation = {2: "bilinear", 3: "bicubic"}.get(int(getattr(processor, "resample", 3) or 3), "bicubic")
     return (cfg.image_size or image_size, tuple(cfg.mean or mean), tuple(cfg.std or std), interpolation)
+
+
+def _edge(size: Any, default: int) -> int:
+    # crop_size is an int, a dict or (transformers 5) a SizeDict depending on the version.
+    if size is None:
+        return default
+    if isinstance(size, (int, float)):
+        return int(size)
+    for key in ("height", "shortest_edge"):
+        value = size.get(key) if hasattr(size, "get") else getattr(size, key, None)
+        if value:
+            return int(value)
+    return default
