@@ -1,0 +1,82 @@
+"""File-level entry points used by the CLI: merge checkpoints on disk, inspect them, parse --set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from dgmerge.merging.checkpoints import check_writable, load_state_dict, save_state_dict
+from dgmerge.merging.inspect import TaskVectorReport, task_vector_report
+from dgmerge.merging.registry import MergedState, get_method
+from dgmerge.merging.validate import MergeError, check_models
+
+
+def parse_settings(method: str, settings: Sequence[str]) -> dict[str, Any]:
+    """Turn CLI `key=value` strings into typed hyperparameters using the method's declarations.
+
+    Wrapper methods (dare, lwptv) are parsed in two rounds: their own keys first (so the
+    base method is known), then the keys that belong to the base method.
+    """
+    spec = get_method(method)
+    pairs: list[tuple[str, str]] = []
+    for item in settings:
+        if "=" not in item:
+            raise MergeError(f"--set {item!r}: expected key=value, e.g. --set keep=0.2")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    parsed: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in spec.params:
+            parsed[key] = spec.params[key].parse(method, key, value, load_state_dict)
+    for key, value in pairs:
+        if key in spec.params:
+            continue
+        param = spec.param_for(key, parsed)
+        if param is None:
+            accepted = sorted(spec.params)
+            raise MergeError(f"{method}: unknown hyperparameter {key!r} in --set; accepted: {', '.join(accepted)}"
+                             + (" (+ those of the base method)" if spec.base_param else ""))
+        parsed[key] = param.parse(method, key, value, load_state_dict)
+    return parsed
+
+
+def _printable(hparams: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else f"<{type(v).__name__}>"
+            for k, v in hparams.items()}
+
+
+def load_models(pretrained: str | os.PathLike, models: Sequence[str | os.PathLike]):
+    """Load θ0 and the fine-tuned checkpoints and check them against each other."""
+    if not models:
+        raise MergeError("no fine-tuned models given; pass them with --models A B ...")
+    base = load_state_dict(pretrained)
+    states = [load_state_dict(path) for path in models]
+    check_models(base, states, names=[str(p) for p in models], pretrained_name=str(pretrained))
+    return base, states
+
+
+def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str | os.PathLike],
+                out: str | os.PathLike, *, force: bool = False, **hparams: Any) -> MergedState:
+    """Merge checkpoint files into `out` (safetensors or .pt by suffix), atomically.
+
+    Everything cheap is checked before loading: the method name, its hyperparameters, that
+    `out` does not exist (unless `force`). The method and its hyperparameters are recorded
+    in the safetensors metadata. Returns the merged state with its `.info`.
+    """
+    spec = get_method(method)
+    check_writable(out, force)
+    spec.check_hparams(hparams)
+    base, states = load_models(pretrained, models)
+    merged = spec.fn(base, states, **hparams)
+    metadata = {"dgmerge_method": method, "dgmerge_hparams": json.dumps(_printable(hparams)),
+                "dgmerge_models": json.dumps([Path(p).name for p in models])}
+    save_state_dict(merged, out, force=force, metadata=metadata)
+    return merged
+
+
+def inspect_files(pretrained: str | os.PathLike, models: Sequence[str | os.PathLike]) -> TaskVectorReport:
+    """Task-vector diagnostics of checkpoint files (see `inspect.task_vector_report`)."""
+    base, states = load_models(pretrained, models)
+    return task_vector_report(base, states, names=[Path(p).stem for p in models])

@@ -1,0 +1,82 @@
+"""TSV-M (Gargiulo et al.) and the shared singular basis it has in common with SCORE.
+
+For a 2-D key with task matrices ΔW_1..ΔW_T (m×n, r = min(m, n)), keep k = ⌊r/T⌋ leading
+singular triplets per task, stack them into Û (m×r), ŝ (r), V̂ᵀ (r×n) (leftover slots zero),
+and orthogonalise each stack by its polar factor: U* = P Qᵀ for Û = P Σ Qᵀ (same for V̂ᵀ).
+Keys with ndim ≠ 2, and `text_projection`, are averaged, as in the reference code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from dgmerge.merging.registry import MergedState, register
+from dgmerge.merging.task_vectors import add_to_base, map_float_tensors, stacked_task_vectors
+from dgmerge.merging.validate import Param, StateDict
+
+
+def is_matrix_key(key: str, tensor: Tensor) -> bool:
+    """Keys merged in a singular basis: 2-D, except CLIP's text projection (reference rule)."""
+    return tensor.dim() == 2 and "text_projection" not in key
+
+
+def polar_factor(matrix: Tensor) -> Tensor:
+    """The closest matrix with orthonormal columns (rows, if wide): P Qᵀ of the thin SVD P Σ Qᵀ."""
+    p, _, qh = torch.linalg.svd(matrix, full_matrices=False)
+    return p @ qh
+
+
+@dataclass
+class SharedBasis:
+    """U* (m×r), concatenated leading singular values ŝ (r) and V*ᵀ (r×n) of T task matrices."""
+
+    u: Tensor
+    s: Tensor
+    vh: Tensor
+    per_task: int
+
+
+def shared_basis(deltas: Tensor) -> SharedBasis | None:
+    """The TSV/SCORE basis of [T, m, n] task matrices, or None when k = ⌊r/T⌋ is 0."""
+    n_tasks, m, n = deltas.shape
+    r = min(m, n)
+    k = r // n_tasks
+    if k == 0:
+        return None
+    u, s, vh = torch.linalg.svd(deltas, full_matrices=False)
+    u_hat = torch.zeros(m, r, dtype=deltas.dtype)
+    s_hat = torch.zeros(r, dtype=deltas.dtype)
+    vh_hat = torch.zeros(r, n, dtype=deltas.dtype)
+    for i in range(n_tasks):
+        u_hat[:, i * k:(i + 1) * k] = u[i, :, :k]
+        s_hat[i * k:(i + 1) * k] = s[i, :k]
+        vh_hat[i * k:(i + 1) * k, :] = vh[i, :k, :]
+    return SharedBasis(polar_factor(u_hat), s_hat, polar_factor(vh_hat), k)
+
+
+@register("tsv", params={
+    "scale": Param("float", help="α, the coefficient of the merged task vector (reference: 1.0)"),
+})
+def tsv(pretrained: StateDict, finetuned: Sequence[StateDict], *, scale: float = 1.0) -> MergedState:
+    """TSV-M: ΔW = U* diag(ŝ) V*ᵀ per 2-D key, mean elsewhere; θ = θ0 + α·ΔW.
+
+    When a matrix is too small for the number of models (⌊r/T⌋ = 0) its task vectors are
+    averaged instead; such keys are listed in info["fallback_mean"].
+    """
+    fallback: list[str] = []
+
+    def merged(key: str) -> Tensor:
+        deltas = stacked_task_vectors(pretrained, finetuned, key)
+        basis = shared_basis(deltas) if is_matrix_key(key, pretrained[key]) else None
+        if basis is None:
+            if is_matrix_key(key, pretrained[key]):
+                fallback.append(key)
+            return add_to_base(pretrained[key], deltas.mean(dim=0), scale)
+        delta = basis.u @ torch.diag(basis.s) @ basis.vh
+        return add_to_base(pretrained[key], delta, scale)
+
+    return map_float_tensors(pretrained, merged, info={"scale": scale, "fallback_mean": fallback})
