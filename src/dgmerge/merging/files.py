@@ -66,6 +66,10 @@ def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str
     in the safetensors metadata. Returns the merged state with its `.info`.
     """
     spec = get_method(method)
+    for name, param in spec.params.items():
+        if param.kind == "callable" and param.required and name not in hparams:
+            raise MergeError(f"{method} needs a Python callable {name}= ({param.help}); it runs only through "
+                             f"the Python API: dgmerge.merging.merge({method!r}, ..., {name}=fn)")
     check_writable(out, force)
     spec.check_hparams(hparams)
     base, states = load_models(pretrained, models)
