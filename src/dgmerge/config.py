@@ -32,6 +32,7 @@ class BackboneConfig(StrictModel):
     # open_clip: pretrained tag (openai) or a local checkpoint file; ignored otherwise.
     pretrained: str | None = None
     # A local weights file (timm / tiny_cnn state dict, open_clip checkpoint); overrides hubs.
+    # timm: pretrained="hub" downloads timm's own weights (needs internet).
     checkpoint: Path | None = None
     # Extra keyword arguments for the model constructor (e.g. timm's pad_type="same").
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
