@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,6 +28,69 @@ DIRECTORY_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
                    "pytorch_model.bin.index.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # Wrappers training scripts put around the weights (open_clip: {"epoch", "name", "state_dict", ...}).
 _NESTED = ("state_dict", "model_state_dict", "model", "module")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class LazySafetensors(Mapping[str, Tensor]):
+    """A safetensors file as a read-only state dict that reads each tensor when it is accessed.
+
+    Reads use plain file I/O (no mmap), so only the tensors currently held count towards the
+    process's memory; merging N such models needs about one model's memory for the output
+    instead of N. Shapes and dtypes come from the header without reading data (`meta`).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+        except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+            raise MergeError(f"{self.path}: not a valid safetensors file ({err})") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._start = 8 + size
+        self._entries = header
+        unknown = sorted({e["dtype"] for e in header.values()} - set(_SAFETENSORS_DTYPES))
+        if unknown:
+            raise MergeError(f"{self.path}: unsupported tensor dtypes {unknown}")
+
+    def meta(self, key: str) -> tuple[torch.Size, torch.dtype]:
+        """Shape and dtype of `key` from the header (no data read)."""
+        entry = self._entries[key]
+        return torch.Size(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]]
+
+    def __getitem__(self, key: str) -> Tensor:
+        entry = self._entries[key]
+        shape, dtype = self.meta(key)
+        begin, end = entry["data_offsets"]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(end - begin)
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            if f.readinto(buffer) != len(buffer):
+                raise MergeError(f"{self.path}: truncated file (tensor {key!r} is incomplete)")
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def open_state_dict(path: str | os.PathLike) -> Mapping[str, Tensor]:
+    """Like `load_state_dict`, but a single .safetensors file is opened lazily (LazySafetensors)."""
+    path = Path(path)
+    if path.is_file() and path.suffix in SAFETENSORS_SUFFIXES:
+        return LazySafetensors(path)
+    return load_state_dict(path)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dgmerge.merging.checkpoints import check_writable, load_state_dict, save_state_dict
+from dgmerge.merging.checkpoints import check_writable, load_state_dict, open_state_dict, save_state_dict
 from dgmerge.merging.inspect import TaskVectorReport, task_vector_report
 from dgmerge.merging.registry import MergedState, get_method
 from dgmerge.merging.validate import MergeError, check_models
@@ -47,23 +47,30 @@ def _printable(hparams: dict[str, Any]) -> dict[str, Any]:
             for k, v in hparams.items()}
 
 
-def load_models(pretrained: str | os.PathLike, models: Sequence[str | os.PathLike]):
-    """Load θ0 and the fine-tuned checkpoints and check them against each other."""
+def load_models(pretrained: str | os.PathLike, models: Sequence[str | os.PathLike], lazy: bool = True):
+    """Load θ0 and the fine-tuned checkpoints and check them against each other.
+
+    θ0 is read into memory (every method reads it piece by piece); with `lazy`, fine-tuned
+    .safetensors files are read tensor by tensor on access, so they cost no resident memory.
+    """
     if not models:
         raise MergeError("no fine-tuned models given; pass them with --models A B ...")
     base = load_state_dict(pretrained)
-    states = [load_state_dict(path) for path in models]
+    opener = open_state_dict if lazy else load_state_dict
+    states = [opener(path) for path in models]
     check_models(base, states, names=[str(p) for p in models], pretrained_name=str(pretrained))
     return base, states
 
 
 def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str | os.PathLike],
-                out: str | os.PathLike, *, force: bool = False, **hparams: Any) -> MergedState:
+                out: str | os.PathLike, *, force: bool = False, lazy: bool = True,
+                **hparams: Any) -> MergedState:
     """Merge checkpoint files into `out` (safetensors or .pt by suffix), atomically.
 
     Everything cheap is checked before loading: the method name, its hyperparameters, that
     `out` does not exist (unless `force`). The method and its hyperparameters are recorded
-    in the safetensors metadata. Returns the merged state with its `.info`.
+    in the safetensors metadata. Fine-tuned .safetensors inputs are read lazily (`lazy`),
+    so peak memory is about θ0 + the output, whatever N. Returns the merged state with `.info`.
     """
     spec = get_method(method)
     for name, param in spec.params.items():
@@ -72,7 +79,7 @@ def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str
                              f"the Python API: dgmerge.merging.merge({method!r}, ..., {name}=fn)")
     check_writable(out, force)
     spec.check_hparams(hparams)
-    base, states = load_models(pretrained, models)
+    base, states = load_models(pretrained, models, lazy)
     merged = spec.fn(base, states, **hparams)
     metadata = {"dgmerge_method": method, "dgmerge_hparams": json.dumps(_printable(hparams)),
                 "dgmerge_models": json.dumps([Path(p).name for p in models])}

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
+from torch import Tensor
 
 from dgmerge.merging.registry import MergedState, register
-from dgmerge.merging.task_vectors import (add_to_base, float_keys, map_float_tensors, masked_mean,
-                                          stacked_task_vectors)
+from dgmerge.merging.task_vectors import float_keys, masked_mean, merge_pieces
 from dgmerge.merging.ties import TRIM_PARAMS
-from dgmerge.merging.trimming import (broadcastable, magnitude_mask, model_thresholds, rank_to_trim,
+from dgmerge.merging.trimming import (magnitude_mask, model_sigma, model_thresholds, rank_to_trim,
                                       tensor_thresholds, threshold_info)
 from dgmerge.merging.validate import Param, StateDict
 
@@ -38,23 +37,20 @@ def rhm(pretrained: StateDict, finetuned: Sequence[StateDict], *, trim: float = 
     """
     keys = float_keys(pretrained)
     info: dict = {"trim": trim, "scale": scale, "level": level}
-    sigma_model = None
-    if trim > 0 and level == "model":
-        thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim),
-                                      threshold, sample_size, seed)
-        info["thresholds"] = threshold_info(thresholds)
-        sigma_model = [t.value for t in thresholds]
-
-    def merged(key: str):
-        vectors = stacked_task_vectors(pretrained, finetuned, key)
-        if trim == 0:
-            mask = torch.ones(vectors.shape, dtype=torch.bool)
+    sigma_model, sigma_tensor = None, None
+    if trim > 0:
+        if level == "model":
+            thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim),
+                                          threshold, sample_size, seed)
+            info["thresholds"] = threshold_info(thresholds)
+            sigma_model = model_sigma(thresholds)
         else:
-            if sigma_model is not None:
-                sigma = broadcastable(sigma_model, vectors)
-            else:
-                sigma = tensor_thresholds(vectors, lambda n: rank_to_trim(n, trim))
-            mask = magnitude_mask(vectors, sigma, strict=True)
-        return add_to_base(pretrained[key], masked_mean(vectors, mask), scale)
+            sigma_tensor = tensor_thresholds(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim))
 
-    return map_float_tensors(pretrained, merged, info=info)
+    def combine(key: str, part: slice, vectors: Tensor) -> Tensor:
+        if trim == 0:
+            return vectors.mean(dim=0)
+        sigma = sigma_model if sigma_model is not None else sigma_tensor[key]
+        return masked_mean(vectors, magnitude_mask(vectors, sigma, strict=True))
+
+    return merge_pieces(pretrained, finetuned, combine, scale, info=info)

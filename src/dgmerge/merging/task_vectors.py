@@ -47,6 +47,67 @@ def stacked_task_vectors(pretrained: StateDict, finetuned: Sequence[StateDict], 
     return out
 
 
+# Entries per model in one piece: ~1 MiB float32 rows keep a piece's temporaries in cache and
+# make peak memory independent of the largest tensor.
+PIECE = 1 << 18
+
+
+def _flat(tensor: Tensor) -> Tensor:
+    return tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
+
+
+def task_vector_pieces(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Sequence[str],
+                       piece: int | None = None) -> Iterator[tuple[str, slice, Tensor]]:
+    """(key, slice of the flattened tensor, [N, len] task vectors) for every piece of every key.
+
+    Each yielded tensor is freshly computed, so callers may modify it in place. All pieces
+    of a key come before the next key (lazy views rely on this to cache one tensor).
+    """
+    piece = piece or PIECE
+    for key in keys:
+        base_full = pretrained[key]
+        dtype = compute_dtype(base_full)
+        base = _flat(base_full)
+        models = [_flat(state[key]) for state in finetuned]
+        total = base.numel()
+        for start in range(0, total, piece):
+            part = slice(start, min(total, start + piece))
+            base_part = base[part].to(dtype)
+            out = torch.empty((len(models), part.stop - part.start), dtype=dtype)
+            for i, model in enumerate(models):
+                torch.sub(model[part].to(dtype), base_part, out=out[i])
+            yield key, part, out
+
+
+def merge_pieces(pretrained: StateDict, finetuned: Sequence[StateDict],
+                 combine: Callable[[str, slice, Tensor], Tensor], scale: float = 1.0,
+                 info: dict | None = None) -> MergedState:
+    """θ0 + scale · combine(key, part, [N, len] task vectors) for every float key, piece by piece.
+
+    `part` is the piece's slice of the flattened tensor. The result of a piece must not
+    depend on how tensors are cut into pieces (tests check this with tiny pieces).
+
+    `combine` returns the merged task vector of the piece ([len]); it may modify its input.
+    Non-float tensors are copied from θ0; results are cast back to θ0's dtypes.
+    """
+    keys = float_keys(pretrained)
+    outputs: dict[str, Tensor] = {}
+    current: tuple[str, Tensor] | None = None
+    for key, part, vectors in task_vector_pieces(pretrained, finetuned, keys):
+        if current is None or current[0] != key:
+            current = (key, torch.empty(pretrained[key].numel(), dtype=vectors.dtype))
+            outputs[key] = current[1]
+        base = _flat(pretrained[key])[part].to(vectors.dtype)
+        torch.add(base, combine(key, part, vectors), alpha=scale, out=current[1][part])
+    out = MergedState(info=info)
+    for key, base in pretrained.items():
+        if is_float(base):
+            out[key] = outputs[key].view(base.shape).to(base.dtype)
+        else:
+            out[key] = base.clone()
+    return out
+
+
 def map_float_tensors(pretrained: StateDict, merged_tensor: Callable[[str], Tensor],
                       info: dict | None = None) -> MergedState:
     """Build a merged state: `merged_tensor(key)` for float keys, θ0's value for the rest.
@@ -68,14 +129,16 @@ def add_to_base(base: Tensor, delta: Tensor, scale: float = 1.0) -> Tensor:
     return result.add_(delta, alpha=scale)
 
 
-def elect_sign(stacked: Tensor) -> Tensor:
+def elect_sign(stacked: Tensor, majority: float | None = None) -> Tensor:
     """TIES sign election by mass: sign of Σ_i v_i per entry.
 
-    Entries whose sum is exactly zero take the tensor's majority sign (sign of the sum of
-    the elected signs), as in the TIES reference code; +1 if that is zero too.
+    Entries whose sum is exactly zero take the `majority` sign; by default the sign of the
+    sum of the elected signs of `stacked` itself, as the TIES reference code does over the
+    whole flattened model; +1 if that is zero too.
     """
     sign = torch.sign(stacked.sum(dim=0))
-    majority = torch.sign(sign.sum())
+    if majority is None:
+        majority = float(torch.sign(sign.sum()))
     sign[sign == 0] = majority if majority != 0 else 1.0
     return sign
 
@@ -96,9 +159,9 @@ def disjoint_aggregate(stacked: Tensor, sign: Tensor, how: str = "mean") -> Tens
 
 def masked_mean(stacked: Tensor, mask: Tensor) -> Tensor:
     """Σ_i m_i v_i / Σ_i m_i where Σ_i m_i > 0, else 0 (HAM Eq. 13, no sign election)."""
-    count = mask.sum(dim=0)
-    total = torch.where(mask, stacked, torch.zeros((), dtype=stacked.dtype)).sum(dim=0)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros((), dtype=stacked.dtype))
+    count = mask.sum(dim=0, dtype=stacked.dtype)
+    total = (stacked * mask).sum(dim=0)
+    return total.div_(count.clamp_(min=1))  # where no model survives, total is already 0
 
 
 def block_of(key: str) -> str | None:
@@ -135,11 +198,15 @@ class DerivedStateDict(Mapping[str, Tensor]):
         self._keys = list(keys)
         self._set = set(self._keys)
         self._compute = compute
+        # Piecewise readers ask for the same key many times in a row; keep the last one.
+        self._last: tuple[str, Tensor] | None = None
 
     def __getitem__(self, key: str) -> Tensor:
         if key not in self._set:
             raise KeyError(key)
-        return self._compute(key)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._compute(key))
+        return self._last[1]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)

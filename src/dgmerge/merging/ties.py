@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+from torch import Tensor
+
 from dgmerge.merging.registry import MergedState, register
-from dgmerge.merging.task_vectors import (add_to_base, disjoint_aggregate, elect_sign, float_keys,
-                                          map_float_tensors, stacked_task_vectors)
-from dgmerge.merging.trimming import (broadcastable, magnitude_mask, model_thresholds, rank_to_keep,
+from dgmerge.merging.task_vectors import disjoint_aggregate, float_keys, merge_pieces
+from dgmerge.merging.trimming import (magnitude_mask, model_sigma, model_thresholds, rank_to_keep,
                                       tensor_thresholds, threshold_info)
 from dgmerge.merging.validate import Param, StateDict
 
@@ -35,26 +37,48 @@ def ties(pretrained: StateDict, finetuned: Sequence[StateDict], *, keep: float =
     level="model" ranks each model's entries over all its float tensors at once, as the
     reference code does on the flattened model; level="tensor" ranks within each tensor.
     An entry survives when |τ| ≥ σ (the reference code's rule); keep=1 keeps everything.
-    Zero-sum entries take the tensor's majority sign.
+    Entries whose trimmed task vectors sum to exactly zero take the model-wide majority sign.
     """
     keys = float_keys(pretrained)
     info: dict = {"keep": keep, "scale": scale, "level": level, "aggregate": aggregate}
-    sigma_model = None
-    if keep < 1.0 and level == "model":
-        thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep),
-                                      threshold, sample_size, seed)
-        info["thresholds"] = threshold_info(thresholds)
-        sigma_model = [t.value for t in thresholds]
+    sigma_model, sigma_tensor = None, None
+    if keep < 1.0:
+        if level == "model":
+            thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep),
+                                          threshold, sample_size, seed)
+            info["thresholds"] = threshold_info(thresholds)
+            sigma_model = model_sigma(thresholds)
+        else:
+            sigma_tensor = tensor_thresholds(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep))
 
-    def merged(key: str):
-        vectors = stacked_task_vectors(pretrained, finetuned, key)
+    # The reference resolves exact-zero sums with the majority sign of the whole model, which
+    # is only known after a full pass: such entries are merged as 0 first, with both
+    # candidate values kept aside, and patched once the majority is known.
+    balance = 0
+    deferred: list[tuple[str, Tensor, Tensor, Tensor]] = []
+
+    def combine(key: str, part: slice, vectors: Tensor) -> Tensor:
+        nonlocal balance
         if keep < 1.0:
-            if sigma_model is not None:
-                sigma = broadcastable(sigma_model, vectors)
-            else:
-                sigma = tensor_thresholds(vectors, lambda n: rank_to_keep(n, keep))
-            vectors = vectors * magnitude_mask(vectors, sigma, strict=False)
-        combined = disjoint_aggregate(vectors, elect_sign(vectors), aggregate)
-        return add_to_base(pretrained[key], combined, scale)
+            sigma = sigma_model if sigma_model is not None else sigma_tensor[key]
+            vectors.mul_(magnitude_mask(vectors, sigma, strict=False))
+        sign = torch.sign(vectors.sum(dim=0))
+        balance += int(sign.sum())
+        tied = (sign == 0) & (vectors != 0).any(dim=0)
+        if bool(tied.any()):
+            where = tied.nonzero().view(-1)
+            candidates = vectors[:, where]
+            deferred.append((key, where + part.start,
+                             disjoint_aggregate(candidates, torch.ones(len(where), dtype=vectors.dtype), aggregate),
+                             disjoint_aggregate(candidates, -torch.ones(len(where), dtype=vectors.dtype), aggregate)))
+        return disjoint_aggregate(vectors, sign, aggregate)
 
-    return map_float_tensors(pretrained, merged, info=info)
+    result = merge_pieces(pretrained, finetuned, combine, scale, info=info)
+    majority = 1 if balance >= 0 else -1
+    for key, where, if_positive, if_negative in deferred:
+        base = pretrained[key].reshape(-1)[where].to(if_positive.dtype)
+        value = base + scale * (if_positive if majority > 0 else if_negative)
+        result[key].view(-1)[where] = value.to(result[key].dtype)
+    result.info["majority_sign"] = majority
+    result.info["zero_sum_entries"] = sum(len(d[1]) for d in deferred)
+    return result

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dgmerge.merging.quantile import Threshold, magnitude_thresholds
-from dgmerge.merging.task_vectors import stacked_task_vectors
+from dgmerge.merging.task_vectors import task_vector_pieces
 from dgmerge.merging.validate import StateDict
 
 
@@ -24,12 +24,11 @@ def rank_to_keep(total: int, keep: float) -> int:
 
 
 def magnitude_chunks(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Sequence[str]):
-    """A re-iterable source of [N, numel] |τ| chunks, recomputed from the models on each pass."""
+    """A re-iterable source of [N, piece] |τ| chunks, recomputed from the models on each pass."""
 
     def chunks() -> Iterator[Tensor]:
-        for key in keys:
-            vectors = stacked_task_vectors(pretrained, finetuned, key)
-            yield vectors.abs_().to(torch.float32).reshape(len(finetuned), -1)
+        for _, _, vectors in task_vector_pieces(pretrained, finetuned, keys):
+            yield vectors.abs_().to(torch.float32)
 
     return chunks
 
@@ -44,18 +43,21 @@ def model_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], keys
                                 [rank] * len(finetuned), method, sample_size, seed)
 
 
-def tensor_thresholds(vectors: Tensor, rank_of) -> Tensor:
-    """Exact per-model thresholds of one tensor's [N, ...] task vectors, as an [N, 1, ...] tensor."""
-    n_models = vectors.shape[0]
-    flat = vectors.abs().to(torch.float32).reshape(n_models, -1)
-    ranks = [rank_of(flat.shape[1])] * n_models
-    values = magnitude_thresholds(lambda: [flat], flat.shape[1], ranks)
-    return broadcastable([t.value for t in values], vectors)
+def tensor_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Sequence[str],
+                      rank_of) -> dict[str, Tensor]:
+    """Exact per-model thresholds of each tensor on its own (layer-level), as [N, 1] tensors."""
+    out = {}
+    for key in keys:
+        ranks = [rank_of(pretrained[key].numel())] * len(finetuned)
+        values = magnitude_thresholds(magnitude_chunks(pretrained, finetuned, [key]),
+                                      pretrained[key].numel(), ranks)
+        out[key] = torch.tensor([t.value for t in values], dtype=torch.float32).view(-1, 1)
+    return out
 
 
-def broadcastable(values: Sequence[float], vectors: Tensor) -> Tensor:
-    """Per-model scalars shaped to broadcast against [N, ...] task vectors."""
-    return torch.tensor(list(values), dtype=torch.float32).view(-1, *([1] * (vectors.dim() - 1)))
+def model_sigma(thresholds: Sequence[Threshold]) -> Tensor:
+    """Per-model thresholds as an [N, 1] tensor that broadcasts against [N, piece] vectors."""
+    return torch.tensor([t.value for t in thresholds], dtype=torch.float32).view(-1, 1)
 
 
 def magnitude_mask(vectors: Tensor, sigma: Tensor, strict: bool) -> Tensor:

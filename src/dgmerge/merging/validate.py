@@ -28,6 +28,15 @@ def is_float(tensor: Tensor) -> bool:
     return tensor.is_floating_point()
 
 
+def tensor_meta(state: StateDict, key: str) -> tuple[torch.Size, torch.dtype]:
+    """Shape and dtype of one entry, from a lazy file's header when it has one (no data read)."""
+    meta = getattr(state, "meta", None)
+    if meta is not None:
+        return meta(key)
+    tensor = state[key]
+    return tensor.shape, tensor.dtype
+
+
 def _listing(keys: Sequence[str]) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:_SHOW])
@@ -53,13 +62,12 @@ def check_compatible(pretrained: StateDict, finetuned: Sequence[StateDict],
                 parts.append(f"{len(extra)} key(s) not in {pretrained_name}: {_listing(list(extra))}")
             raise MergeError(f"{name}: key sets differ ({'; '.join(parts)}); "
                              "all models must share the architecture of the pretrained model")
-        bad_shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(pretrained[k].shape)}"
-                      for k in pretrained if state[k].shape != pretrained[k].shape]
+        metas = {k: (tensor_meta(state, k), tensor_meta(pretrained, k)) for k in pretrained}
+        bad_shapes = [f"{k} {tuple(m[0])} vs {tuple(b[0])}" for k, (m, b) in metas.items() if m[0] != b[0]]
         if bad_shapes:
             raise MergeError(f"{name}: shapes differ from {pretrained_name} at {len(bad_shapes)} key(s): "
                              f"{_listing(bad_shapes)}")
-        bad_dtypes = [f"{k} {state[k].dtype} vs {pretrained[k].dtype}"
-                      for k in pretrained if state[k].dtype != pretrained[k].dtype]
+        bad_dtypes = [f"{k} {m[1]} vs {b[1]}" for k, (m, b) in metas.items() if m[1] != b[1]]
         if bad_dtypes:
             raise MergeError(f"{name}: dtypes differ from {pretrained_name} at {len(bad_dtypes)} key(s): "
                              f"{_listing(bad_dtypes)}; convert the checkpoints to one dtype first")
