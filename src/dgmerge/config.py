@@ -67,6 +67,8 @@ class DataConfig(StrictModel):
     # Subsample each domain for quick runs (None = every image).
     max_images_per_domain: int | None = Field(default=None, gt=0)
     num_workers: int = Field(default=0, ge=0)
+    # Keep decoded images in memory (only without train_augment); for small datasets.
+    cache_images: bool = False
 
 
 class ProbeConfig(StrictModel):

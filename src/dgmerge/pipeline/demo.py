@@ -30,7 +30,7 @@ def synthetic_config(out_dir: Path, steps: int = 120, seeds: list[int] | None = 
         name="demo-synthetic",
         output_dir=out_dir,
         seeds=seeds or [0],
-        data=DataConfig(root=out_dir / "data", dataset=SYNTHETIC_NAME),
+        data=DataConfig(root=out_dir / "data", dataset=SYNTHETIC_NAME, cache_images=True),
         backbone=BackboneConfig(kind="tiny_cnn", name="tiny", checkpoint=out_dir / "pretrained.safetensors"),
         probe=ProbeConfig(epochs=60, lr=1e-2, batch_size=128),
         train=TrainConfig(steps=steps, batch_size=24, lr=1e-3, weight_decay=0.1, trainable="all",

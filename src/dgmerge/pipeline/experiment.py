@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from dgmerge.config import ExperimentConfig
+from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset, scan_domains
 from dgmerge.data.transforms import eval_transform, train_transform
@@ -109,22 +110,27 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
     eval_tf = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
     train_tf = train_transform(backbone.image_size, backbone.mean, backbone.std) if cfg.data.train_augment else eval_tf
     mode = cfg.data.on_bad_image
-    train_sets = {d: ImageDataset(envs.train_in[d], train_tf, on_bad_image=mode) for d in envs.sources}
-    val_sets = {d: ImageDataset(envs.train_out[d], eval_tf, on_bad_image=mode) for d in envs.sources}
-    test_samples = {"full": envs.test, "in": envs.test_in, "out": envs.test_out}[cfg.data.test_split]
-    test_set = ImageDataset(test_samples, eval_tf, on_bad_image=mode)
-    head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed)
+
+    def dataset(samples: list, transform: Any) -> Dataset:
+        data = ImageDataset(samples, transform, on_bad_image=mode)
+        return InMemoryDataset(data) if cfg.data.cache_images and transform is eval_tf else data
+
+    train_sets = {d: dataset(envs.train_in[d], train_tf) for d in envs.sources}
+    val_sets = {d: dataset(envs.train_out[d], eval_tf) for d in envs.sources}
+    test_set = dataset(envs.test_samples(cfg.data.test_split), eval_tf)
+    head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets)
     theta0 = Classifier(backbone.encoder, head)
     return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key)
 
 
 def _frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
-                 eval_tf: Any, seed: int) -> torch.nn.Module:
+                 eval_tf: Any, seed: int, train_sets: dict[str, Dataset]) -> torch.nn.Module:
     if backbone.text_head is not None:
         return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
     # Probe on un-augmented pooled source training splits only: the head must not see the target.
-    pooled = ConcatDataset([ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image)
-                            for d in envs.sources])
+    pooled = ConcatDataset([
+        ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image) if cfg.data.train_augment
+        else train_sets[d] for d in envs.sources])
     feats, labels = extract_features(backbone.encoder, pooled, cfg.train.eval_batch_size, desc="probe features")
     linear = fit_linear_probe(feats, labels, len(index.classes), cfg.probe, seed)
     head = LinearHead(backbone.feature_dim, len(index.classes))
@@ -215,7 +221,14 @@ def _evaluate_and_record(cell: Cell, method: str, model: Classifier, start: floa
         val_acc = statistics.fmean(accuracy(model, data, batch, desc=f"val {d}") for d, data in cell.val_sets.items())
     test_acc = accuracy(model, cell.test_set, batch, desc=f"test {cell.test_domain}")
     return make_row(**_row_ids(cell, method), test_acc=test_acc, val_acc=val_acc,
-                    wall_time_s=time.perf_counter() - start, experiment_key=cell.job, method_group=group, **extra)
+                    wall_time_s=time.perf_counter() - start, experiment_key=cell.job, method_group=group,
+                    skipped_images=_skipped(cell), **extra)
+
+
+def _skipped(cell: Cell) -> int:
+    """Unreadable images substituted so far in this cell (on_bad_image: skip); 0 otherwise."""
+    datasets = [*cell.train_sets.values(), *cell.val_sets.values(), cell.test_set]
+    return len({path for data in datasets for path in getattr(data, "skipped", ())})
 
 
 def _model_meta(cell: Cell, method: str) -> dict[str, Any]:
