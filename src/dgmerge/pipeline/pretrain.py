@@ -14,7 +14,8 @@ from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
-from dgmerge.data.transforms import train_transform
+from dgmerge.data.cache import InMemoryDataset
+from dgmerge.data.transforms import eval_transform
 from dgmerge.models import load_backbone
 from dgmerge.pipeline.artifacts import atomic_write
 from dgmerge.progress import progress
@@ -31,7 +32,9 @@ def pretrain_backbone(dataset_dir: Path, cfg: BackboneConfig, out_path: Path, st
     backbone = load_backbone(cfg)
     index = scan_domains(dataset_dir)
     samples = [s for domain in index.domains for s in index.samples[domain]]
-    data = ImageDataset(samples, train_transform(backbone.image_size, backbone.mean, backbone.std))
+    # The generator already varies position, scale, rotation and colour, so the deterministic
+    # eval transform suffices, and decoded images can stay in memory across steps.
+    data = InMemoryDataset(ImageDataset(samples, eval_transform(backbone.image_size, backbone.mean, backbone.std)))
     stream = BatchStream(data, batch_size, seed=seed)
     head = torch.nn.Linear(backbone.feature_dim, len(index.classes))
     encoder = backbone.encoder.train()

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dgmerge.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["report"], ["data"],
+                                     ["data", "check"], ["merge"], ["inspect"]])
+def test_help_everywhere(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_report_prints_table_and_writes_csv(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rows = [{"dataset": "PACS", "method": "erm", "test_domain": d, "seed": s, "test_acc": a}
+            for d, s, a in [("photo", 0, 0.9), ("photo", 1, 0.8), ("sketch", 0, 0.5), ("sketch", 1, 0.7)]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["report", str(tmp_path), "--csv", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    assert "| erm | 85.0 ± 5.0 | 60.0 ± 10.0 | 72.5 ± 2.5 |" in result.output
+    assert "PACS,erm,Avg,72.5000,2.5000,2" in (tmp_path / "t.csv").read_text()
+
+
+def test_report_on_missing_file_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2
+    assert "nope.jsonl" in result.output
+
+
+def test_train_rejects_unknown_key_before_any_work(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\ntrain:\n  stepz: 3\n")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert "train.stepz" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_reports_missing_dataset_dir(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\ndata:\n  root: {tmp_path}\n  dataset: PACS\n")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert str(tmp_path / "PACS") in result.output
