@@ -114,28 +114,41 @@ def _draw(style: str, shape: str, rng: np.random.Generator, size: int) -> Image.
             draw.line([(x + dx, y + dy) for x, y in poly + poly[:1]], fill=ink, width=line)
     elif style == "noisy":
         base = np.array(_color(rng, 60, 200), dtype=np.float32)
-        image = Image.fromarray(np.uint8(_noise_texture(rng, big, base, 45)))
+        image = Image.fromarray(np.uint8(_noise_texture(rng, big, base, 32)))
         # Fill roughly opposite the background colour, so clutter hides the shape rarely.
-        fill = np.clip(255 - base + rng.normal(0, 40, size=3), 0, 255)
+        fill = np.clip(255 - base + rng.normal(0, 30, size=3), 0, 255)
         ImageDraw.Draw(image).polygon(poly, fill=tuple(int(v) for v in fill))
     elif style == "cartoon":
         image = _pattern(rng, big)
         ImageDraw.Draw(image).polygon(poly, fill=_color(rng, 170, 256), outline=(0, 0, 0), width=3 * line)
     elif style == PRETRAIN_STYLE:
-        # Grey gradient background, two-tone fill, medium border: none of the test styles.
+        # Grey gradient background (sometimes cluttered), two-tone fill, medium border: none of
+        # the test styles, but varied enough to pretrain shape features on.
         grad = np.linspace(rng.uniform(40, 120), rng.uniform(140, 230), big, dtype=np.float32)
         grad = np.repeat(np.repeat(grad[None, :, None], big, 0), 3, 2)
-        image = Image.fromarray(np.uint8(np.rot90(grad, k=int(rng.integers(4)))))
+        grad = np.rot90(grad, k=int(rng.integers(4)))
+        if rng.random() < 0.5:
+            # Some clutter, so θ0's features do not break on the textured test styles.
+            grad = _noise_texture(rng, big, grad, rng.uniform(5, 35))
+        image = Image.fromarray(np.uint8(grad))
         draw = ImageDraw.Draw(image)
-        draw.polygon(poly, fill=_color(rng, 0, 256), outline=_color(rng, 0, 256), width=2 * line)
-        inner = _polygon(shape, cx, cy, r * 0.5, angle)
-        draw.polygon(inner, fill=_color(rng, 0, 256))
+        # Region, contour and both: pretraining sees every cue the test styles rely on.
+        look = rng.integers(4)
+        if look == 0:
+            draw.polygon(poly, fill=_color(rng, 0, 256))
+        elif look == 1:
+            draw.line(poly + poly[:1], fill=_color(rng, 0, 256), width=int(rng.integers(1, 4)) * line)
+        else:
+            draw.polygon(poly, fill=_color(rng, 0, 256), outline=_color(rng, 0, 256),
+                         width=int(rng.integers(1, 4)) * line)
+            if look == 3:
+                draw.polygon(_polygon(shape, cx, cy, r * 0.5, angle), fill=_color(rng, 0, 256))
     else:
         raise ValueError(f"unknown style {style!r}; styles: {', '.join((*DOMAIN_STYLES, PRETRAIN_STYLE))}")
     image = image.resize((size, size), Image.LANCZOS)
     if style == "noisy":
         # Grain over the shape too, so its edges are not perfectly clean.
-        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 18, size=(size, size, 3))
+        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, size=(size, size, 3))
         image = Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
     elif style == "outline" and rng.random() < 0.5:
         image = image.filter(ImageFilter.SMOOTH)
