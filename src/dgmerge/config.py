@@ -92,6 +92,12 @@ class TrainConfig(StrictModel):
     train_head: bool = False
     eval_every: int = Field(default=50, gt=0)
     eval_batch_size: int = Field(default=128, gt=0)
+    # Run the frozen prefix once per image and train the trainable suffix on its cached
+    # output (needs trainable: last:N and no augmentation). "disk" shares the cache across
+    # runs in feature_cache_dir (default: <output_dir>/feature_cache).
+    feature_cache: Literal["off", "memory", "disk"] = "off"
+    feature_cache_dir: Path | None = None
+    feature_cache_dtype: Literal["float32", "float16"] = "float32"
 
     @field_validator("trainable")
     @classmethod

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from dgmerge.models.backbone import Backbone
+from dgmerge.models.stages import Cut, run_from
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
@@ -23,9 +24,13 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self.freeze_norm_stats = freeze_norm_stats
+        # Set when inputs are cached activations at a block rather than images (see stages.py).
+        self.cut: Cut | None = None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(images))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.cut is not None:
+            return self.head(run_from(self.encoder, self.cut, inputs))
+        return self.head(self.encoder(inputs))
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)

@@ -6,34 +6,19 @@ interrupted run never leaves a half-written model or log behind.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dgmerge.atomic import atomic_write, write_text_atomic  # noqa: F401  (re-exported)
+
 META_KEY = "dgmerge"
-
-
-@contextlib.contextmanager
-def atomic_write(final: Path) -> Iterator[Path]:
-    """Yield a temp path next to `final`; it replaces `final` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(handle)
-    temp = Path(name)
-    try:
-        yield temp
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
@@ -73,10 +58,3 @@ def save_history(path: Path, history: list[dict[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(history)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file via temp file + rename."""
-    with atomic_write(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-    return Path(path)

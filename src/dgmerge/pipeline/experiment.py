@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,9 +28,11 @@ from dgmerge.evaluation.results import append_result, config_hash, make_row, rea
 from dgmerge.merging import merge
 from dgmerge.models import load_backbone
 from dgmerge.models.backbone import Backbone
-from dgmerge.models.classifier import Classifier, set_trainable
+from dgmerge.models.classifier import Classifier, set_trainable, trainable_encoder_names
+from dgmerge.models.stages import Cut, StageEncoder, first_trainable_block
 from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_history, save_model
+from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.probe import extract_features, fit_linear_probe
 
@@ -60,8 +63,10 @@ class Cell:
 def experiment_key(cfg: ExperimentConfig) -> str:
     """Hash of everything that changes a result, except which seeds/domains/methods run."""
     payload = cfg.model_dump(mode="json", exclude={"seeds", "methods", "output_dir", "name", "save_models"})
-    payload["data"].pop("test_domains", None)
-    payload["data"].pop("num_workers", None)
+    # Settings that change speed, not results, stay out of the key.
+    for section, name in (("data", "test_domains"), ("data", "num_workers"), ("data", "cache_images"),
+                          ("train", "feature_cache"), ("train", "feature_cache_dir")):
+        payload[section].pop(name, None)
     return config_hash(payload)
 
 
@@ -118,20 +123,51 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
     train_sets = {d: dataset(envs.train_in[d], train_tf) for d in envs.sources}
     val_sets = {d: dataset(envs.train_out[d], eval_tf) for d in envs.sources}
     test_set = dataset(envs.test_samples(cfg.data.test_split), eval_tf)
-    head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets)
+    cut = None
+    if cfg.train.feature_cache != "off":
+        cut = _cut_for(cfg, backbone)
+        cache = partial(_activations, cfg, backbone, cut, eval_tf)
+        train_sets = {d: cache(data, f"cache {d} in") for d, data in train_sets.items()}
+        val_sets = {d: cache(data, f"cache {d} out") for d, data in val_sets.items()}
+        test_set = cache(test_set, f"cache {test_domain}")
+    head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut)
     theta0 = Classifier(backbone.encoder, head)
+    theta0.cut = cut
     return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key)
 
 
+def _cut_for(cfg: ExperimentConfig, backbone: Backbone) -> Cut:
+    if cfg.data.train_augment:
+        raise ValueError("train.feature_cache needs data.train_augment: false (augmented images differ every step)")
+    trainable = set(trainable_encoder_names(backbone.encoder, backbone, cfg.train.trainable))
+    block = first_trainable_block(backbone.encoder, backbone.blocks, trainable)
+    if block is None:
+        raise ValueError(f"train.feature_cache needs a frozen prefix: trainable={cfg.train.trainable!r} trains "
+                         f"parameters before every block of {backbone.name}; use trainable: last:N")
+    return Cut(block=block, image_size=backbone.image_size)
+
+
+def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, eval_tf: Any, data: Dataset,
+                 desc: str) -> ActivationDataset:
+    samples = list(data.samples)  # type: ignore[attr-defined]
+    cache_dir = None
+    if cfg.train.feature_cache == "disk":
+        cache_dir = cfg.train.feature_cache_dir or cfg.output_dir / "feature_cache"
+    key = cache_key(cfg.backbone.model_dump(mode="json"), cut, eval_tf, samples, cfg.train.feature_cache_dtype)
+    return cached_activations(backbone.encoder, cut, data, key=key, cache_dir=cache_dir,
+                              dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size, desc=desc)
+
+
 def _frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
-                 eval_tf: Any, seed: int, train_sets: dict[str, Dataset]) -> torch.nn.Module:
+                 eval_tf: Any, seed: int, train_sets: dict[str, Dataset], cut: Cut | None) -> torch.nn.Module:
     if backbone.text_head is not None:
         return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
     # Probe on un-augmented pooled source training splits only: the head must not see the target.
     pooled = ConcatDataset([
         ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image) if cfg.data.train_augment
         else train_sets[d] for d in envs.sources])
-    feats, labels = extract_features(backbone.encoder, pooled, cfg.train.eval_batch_size, desc="probe features")
+    encoder = StageEncoder(backbone.encoder, cut) if cut is not None else backbone.encoder
+    feats, labels = extract_features(encoder, pooled, cfg.train.eval_batch_size, desc="probe features")
     linear = fit_linear_probe(feats, labels, len(index.classes), cfg.probe, seed)
     head = LinearHead(backbone.feature_dim, len(index.classes))
     head.load_state_dict({f"linear.{k}": v for k, v in linear.state_dict().items()})

@@ -17,7 +17,7 @@ from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.transforms import eval_transform
 from dgmerge.models import load_backbone
-from dgmerge.pipeline.artifacts import atomic_write
+from dgmerge.atomic import atomic_write
 from dgmerge.progress import progress
 from dgmerge.training.batches import BatchStream
 

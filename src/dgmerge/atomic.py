@@ -1,0 +1,34 @@
+"""Atomic file writes: a temp file in the target's folder, renamed into place on success.
+
+An interrupted run never leaves a half-written model, cache or report behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(final: Path) -> Iterator[Path]:
+    """Yield a temp path next to `final`; it replaces `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file via temp file + rename."""
+    with atomic_write(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,66 @@
+"""Training on cached prefix activations gives the same models as training on images."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.data.synthetic import generate_synthetic
+from dgmerge.evaluation.results import read_results
+from dgmerge.models import load_backbone
+from dgmerge.pipeline import experiment
+from dgmerge.pipeline.scoring import score_model
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
+    return root
+
+
+def config(root: Path, out: Path, cache: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        output_dir=out, seeds=[0], methods=["zero_shot", "erm", "merge_average"],
+        data=DataConfig(root=root, dataset="Shapes", test_domains=["noisy"]),
+        backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
+        probe=ProbeConfig(epochs=5, batch_size=32),
+        train=TrainConfig(steps=4, batch_size=4, lr=1e-2, eval_every=2, trainable="last:2",
+                          feature_cache=cache))
+
+
+def test_cached_run_equals_uncached_run(tiny_data, tmp_path):
+    plain = experiment.run_experiment(config(tiny_data, tmp_path / "plain", "off"), log=lambda _: None)
+    cached = experiment.run_experiment(config(tiny_data, tmp_path / "cached", "disk"), log=lambda _: None)
+    assert [r["method"] for r in plain] == [r["method"] for r in cached]
+    for a, b in zip(plain, cached):
+        assert a["test_acc"] == pytest.approx(b["test_acc"]) and a["val_acc"] == pytest.approx(b["val_acc"])
+    for method in ("erm", "merge_average"):
+
+        wa = load_file(str(tmp_path / "plain" / "models" / "seed0" / "noisy" / f"{method}.safetensors"))
+        wb = load_file(str(tmp_path / "cached" / "models" / "seed0" / "noisy" / f"{method}.safetensors"))
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+    assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 5  # 2×(in,out) + test
+    # A model trained on the cache is a normal model: it scores images as its row says.
+    scores = score_model(tmp_path / "cached" / "models" / "seed0" / "noisy" / "erm.safetensors",
+                         tiny_data / "Shapes", ["noisy"])
+    erm = next(r for r in read_results(tmp_path / "cached" / "results.jsonl") if r["method"] == "erm")
+    assert scores["noisy"][1] == pytest.approx(erm["test_acc"])
+
+
+def test_cache_needs_a_frozen_prefix(tiny_data, tmp_path):
+    # MobileNetV2's stem trains under trainable=all, so no block has a constant input.
+    cfg = config(tiny_data, tmp_path / "run", "memory")
+    cfg.backbone = BackboneConfig(kind="timm", name="mobilenetv2_050")
+    cfg.train.trainable = "all"
+    backbone = load_backbone(cfg.backbone)
+    with pytest.raises(ValueError, match="frozen prefix"):
+        experiment._cut_for(cfg, backbone)
+    cfg.train.trainable = "last:2"
+    assert experiment._cut_for(cfg, backbone).block == "blocks.5"
+    cfg.data.train_augment = True
+    with pytest.raises(ValueError, match="train_augment"):
+        experiment._cut_for(cfg, backbone)
