@@ -43,7 +43,13 @@ def test_cached_run_equals_uncached_run(tiny_data, tmp_path):
         wb = load_file(str(tmp_path / "cached" / "models" / "seed0" / "noisy" / f"{method}.safetensors"))
         for key in wa:
             torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
-    assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 5  # 2×(in,out) + test
+    # One file per domain (2 sources + the test domain), shared by every split and seed.
+    assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 3
+    # Another seed splits differently but reads the same per-domain files.
+    again = config(tiny_data, tmp_path / "cached", "disk")
+    again.seeds = [1]
+    experiment.run_experiment(again, log=lambda _: None)
+    assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 3
     # A model trained on the cache is a normal model: it scores images as its row says.
     scores = score_model(tmp_path / "cached" / "models" / "seed0" / "noisy" / "erm.safetensors",
                          tiny_data / "Shapes", ["noisy"])

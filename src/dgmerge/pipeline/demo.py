@@ -69,8 +69,10 @@ def real_config(data_dir: Path, weights: Path, out_dir: Path, steps: int, seeds:
                         max_images_per_domain=max_images),
         backbone=shared_mobilenetv2_config(weights),
         probe=ProbeConfig(epochs=30, lr=1e-3, batch_size=256),
+        # The frozen prefix runs once per image; only the last blocks train, on its cached output.
         train=TrainConfig(steps=steps, batch_size=24, lr=1e-4, trainable=trainable,
-                          eval_every=max(1, steps // 3), eval_batch_size=64),
+                          eval_every=max(1, steps // 3), eval_batch_size=64,
+                          feature_cache="disk" if trainable.startswith("last:") else "off"),
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -126,10 +125,15 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
     cut = None
     if cfg.train.feature_cache != "off":
         cut = _cut_for(cfg, backbone)
-        cache = partial(_activations, cfg, backbone, cut, eval_tf)
-        train_sets = {d: cache(data, f"cache {d} in") for d, data in train_sets.items()}
-        val_sets = {d: cache(data, f"cache {d} out") for d, data in val_sets.items()}
-        test_set = cache(test_set, f"cache {test_domain}")
+        # One cache per whole domain, in path order, so every seed, split and test domain
+        # reads the same files; splits are row selections of it.
+        domains = {d: sorted(envs.train_in[d] + envs.train_out[d], key=lambda s: str(s[0])) for d in envs.sources}
+        domains[test_domain] = sorted(envs.test, key=lambda s: str(s[0]))
+        cached = {d: _activations(cfg, backbone, cut, ImageDataset(samples, eval_tf, on_bad_image=mode), d)
+                  for d, samples in domains.items()}
+        train_sets = {d: cached[d].select(envs.train_in[d]) for d in envs.sources}
+        val_sets = {d: cached[d].select(envs.train_out[d]) for d in envs.sources}
+        test_set = cached[test_domain].select(envs.test_samples(cfg.data.test_split))
     head = _frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut)
     theta0 = Classifier(backbone.encoder, head)
     theta0.cut = cut
@@ -147,15 +151,16 @@ def _cut_for(cfg: ExperimentConfig, backbone: Backbone) -> Cut:
     return Cut(block=block, image_size=backbone.image_size)
 
 
-def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, eval_tf: Any, data: Dataset,
-                 desc: str) -> ActivationDataset:
-    samples = list(data.samples)  # type: ignore[attr-defined]
+def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, data: ImageDataset,
+                 domain: str) -> ActivationDataset:
     cache_dir = None
     if cfg.train.feature_cache == "disk":
         cache_dir = cfg.train.feature_cache_dir or cfg.output_dir / "feature_cache"
-    key = cache_key(cfg.backbone.model_dump(mode="json"), cut, eval_tf, samples, cfg.train.feature_cache_dtype)
+    key = cache_key(cfg.backbone.model_dump(mode="json"), cut, data.transform, data.samples,
+                    cfg.train.feature_cache_dtype)
     return cached_activations(backbone.encoder, cut, data, key=key, cache_dir=cache_dir,
-                              dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size, desc=desc)
+                              dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size,
+                              desc=f"caching {domain}")
 
 
 def _frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,

@@ -38,6 +38,15 @@ class ActivationDataset(Dataset):
         # Stored in a compact dtype on request; the suffix always computes in float32.
         return self.activations[idx].float(), self.labels[idx]
 
+    def select(self, samples: list[tuple[Any, int]]) -> "ActivationDataset":
+        """The rows of `samples` (each must be one of this dataset's), in that order."""
+        row = {str(path): i for i, (path, _) in enumerate(self.samples)}
+        try:
+            index = torch.tensor([row[str(path)] for path, _ in samples], dtype=torch.long)
+        except KeyError as exc:
+            raise KeyError(f"{exc.args[0]} is not in this activation cache") from None
+        return ActivationDataset(self.activations[index], self.labels[index], list(samples))
+
 
 def cache_key(backbone_cfg: dict[str, Any], cut: Cut, transform: Any, samples: list, dtype: str) -> str:
     """Hash of everything that determines a cache file's content."""
