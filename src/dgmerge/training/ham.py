@@ -1,0 +1,292 @@
+"""HAM's lockstep trainer: N_S source models from one θ0, SAE + OPA + historical averaging, merge.
+
+Every step draws one batch per source domain (each domain's batch is drawn once and shared by
+all models), computes v̄ from all models' weights at the start of the step, then updates each
+model i in turn with its own AdamW + cosine schedule on
+
+    L_i = CE over B'_i (SAE, Eq. 2-3) + λ · L_sign(θ_i − θ0, v̄) (OPA, Eq. 5)
+
+and folds θ_i into its historical average (Eq. 7, Beta(β, β) weights, or an EMA). Each model
+only reads the others' weights through v̄ taken before anyone moved, so the order in which the
+models are updated within a step does not matter. At the end the N_S historical models (or
+the best-on-validation checkpoints with historical: none) are merged with any registered
+merge method (RHM by default).
+
+Reproducing the single-source baseline: with sae and opa off and batch_seeds
+"single_source", model i sees exactly the batches `fine_tune(model, {source_i: data}, ...)`
+sees with the same seed (its stream is seeded seed*1000, index 0 of a one-domain dict) and
+takes the same optimizer steps, so its final and best weights are identical. This holds for
+models without stochastic layers (dropout): the global RNG is shared by the N_S models here.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from dgmerge.config import TrainConfig
+from dgmerge.merging import EMA, HistoricalAverage, MergedState, merge
+from dgmerge.models.classifier import Classifier
+from dgmerge.progress import progress
+from dgmerge.training import opa
+from dgmerge.training.batches import BatchStream
+from dgmerge.training.finetune import validation_accuracy
+from dgmerge.training.ham_config import HamConfig
+from dgmerge.training.sae import max_confidence, select_confident
+
+StateDict = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class HamResult:
+    """The merged model and every per-source model HAM produced, with the training history.
+
+    States are full state dicts of the Classifier (load with `model.load_state_dict`).
+    `historical_states` is None with historical: none; `merged_from` says which per-source
+    states were merged ("historical", "ema" or "best").
+    """
+
+    merged_state: MergedState
+    merged_from: str
+    sources: list[str]
+    trainable: list[str]
+    final_states: dict[str, StateDict]
+    historical_states: dict[str, StateDict] | None
+    best_states: dict[str, StateDict]
+    best_steps: dict[str, int]
+    best_val_accs: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def stream_seed(seed: int, index: int, scheme: str = "single_source") -> int:
+    """Seed of source `index`'s BatchStream, matching fine_tune's seed*1000 + domain index.
+
+    "single_source": as a one-domain fine_tune draws it (index 0 there) — the single_source
+    baseline's batches; "erm": as the pooled ERM run draws domain `index`.
+    """
+    if scheme == "single_source":
+        return seed * 1000
+    if scheme == "erm":
+        return seed * 1000 + index
+    raise ValueError(f"unknown batch_seeds scheme {scheme!r}: use single_source or erm")
+
+
+@dataclass
+class _Source:
+    """One source model with its optimizer, schedule, running average and best checkpoint."""
+
+    name: str
+    model: Classifier
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    average: HistoricalAverage | EMA | None
+    best_state: StateDict
+    best_step: int = 0
+    best_acc: float = -1.0
+
+
+def _clone_state(model: nn.Module) -> StateDict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _source_models(models_or_theta0: Classifier | Sequence[Classifier], sources: list[str]) -> list[Classifier]:
+    """Deep copies of θ0, or the given models after checking that they all start at one θ0."""
+    if isinstance(models_or_theta0, nn.Module):
+        return [copy.deepcopy(models_or_theta0) for _ in sources]
+    models = list(models_or_theta0)
+    if len(models) != len(sources):
+        raise ValueError(f"got {len(models)} models for {len(sources)} sources ({', '.join(sources)})")
+    first = models[0].state_dict()
+    first_trainable = [n for n, p in models[0].named_parameters() if p.requires_grad]
+    for name, other in zip(sources[1:], models[1:]):
+        state = other.state_dict()
+        if state.keys() != first.keys() or not all(torch.equal(first[k], state[k]) for k in first):
+            raise ValueError(f"the model for source {name!r} does not start from the same θ0 as the first")
+        if [n for n, p in other.named_parameters() if p.requires_grad] != first_trainable:
+            raise ValueError(f"the model for source {name!r} trains other parameters than the first")
+    return models
+
+
+def _average(ham_cfg: HamConfig, total_steps: int) -> HistoricalAverage | EMA | None:
+    if ham_cfg.historical == "beta":
+        return HistoricalAverage(total_steps=total_steps, beta=ham_cfg.beta)
+    if ham_cfg.historical == "ema":
+        return EMA(decay=ham_cfg.ema_decay)
+    return None
+
+
+def _trainable_state(model: nn.Module, names: list[str]) -> dict[str, Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n] for n in names}
+
+
+def _with_average(model: nn.Module, average: HistoricalAverage | EMA) -> StateDict:
+    """The live model's state with its trainable tensors replaced by their running average.
+
+    Only trainable tensors are averaged: frozen tensors stay bit-identical to θ0 (averaging a
+    constant in float can move it by an ulp, which a merge would read as an update).
+    """
+    return {**_clone_state(model), **average.state_dict()}
+
+
+def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: dict[str, Dataset],
+              val_sets: dict[str, Dataset], train_cfg: TrainConfig, ham_cfg: HamConfig, seed: int,
+              desc: str = "ham") -> HamResult:
+    """Train one model per source domain in lockstep with HAM and merge them.
+
+    `models_or_theta0`: θ0 (a Classifier with its trainable parameters chosen, see
+    set_trainable; it is deep-copied per source and left untouched), or one model per source in
+    `train_sets` order, all at the same θ0 (trained in place). `val_sets` are the source
+    out-splits: each model's best checkpoint is the one with the best mean accuracy over all of
+    them (DomainBed training-domain validation, as fine_tune). The target domain must not be in
+    either dict. Same seed → identical weights.
+    """
+    sources = list(train_sets)
+    if not sources:
+        raise ValueError("train_ham needs at least one source domain")
+    start = time.perf_counter()
+    models = _source_models(models_or_theta0, sources)
+    names = [n for n, p in models[0].named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError("no trainable parameters: check the `trainable` setting")
+    theta0_state = _clone_state(models[0])
+    theta0_params = [theta0_state[n] for n in names]
+
+    torch.manual_seed(seed)
+    streams = {name: BatchStream(data, train_cfg.batch_size, seed=stream_seed(seed, j, ham_cfg.batch_seeds))
+               for j, (name, data) in enumerate(train_sets.items())}
+    runs: list[_Source] = []
+    for name, model in zip(sources, models):
+        params = list(_trainable_state(model, names).values())
+        optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps)
+        run = _Source(name, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg.steps),
+                      best_state=_clone_state(model))
+        if run.average is not None:
+            # θ0 is the trajectory's first point (t = 0), as in CLIPood's GeneralMovingAverage.
+            run.average.update(_trainable_state(model, names))
+        model.train()
+        runs.append(run)
+
+    history: list[dict[str, Any]] = []
+    for step in progress(range(1, train_cfg.steps + 1), desc=desc, total=train_cfg.steps):
+        batches = {name: _as_batch(next(stream)) for name, stream in streams.items()}
+        record: dict[str, Any] = {"step": step}
+        # v̄ from every model's weights before any of them moves in this step.
+        updates = [opa.update_vector(run.params, theta0_params) for run in runs]
+        mean = opa.mean_update(updates)
+        conflicts = [opa.sign_conflict_rate(u, mean) for u in updates]
+        record["sign_conflict"] = statistics.fmean(conflicts)
+        for run, conflict in zip(runs, conflicts):
+            record[f"sign_conflict/{run.name}"] = conflict
+        for run in runs:
+            record.update(_source_step(run, batches, theta0_params, mean, ham_cfg, step))
+            if run.average is not None:
+                weight = run.average.update(_trainable_state(run.model, names))
+                if isinstance(run.average, HistoricalAverage):
+                    record["hist_weight"] = weight
+        record["lr"] = runs[0].scheduler.get_last_lr()[0]
+        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+            for run in runs:
+                record.update(_evaluate(run, val_sets, train_cfg.eval_batch_size, step))
+        history.append(record)
+
+    historical = ({run.name: _with_average(run.model, run.average) for run in runs}
+                  if ham_cfg.historical != "none" else None)
+    best = {run.name: run.best_state for run in runs}
+    merged_from = {"beta": "historical", "ema": "ema", "none": "best"}[ham_cfg.historical]
+    to_merge = historical if historical is not None else best
+    merged = merge_sources(theta0_state, [to_merge[s] for s in sources], names, ham_cfg)
+    return HamResult(merged_state=merged, merged_from=merged_from, sources=sources, trainable=names,
+                     final_states={run.name: _clone_state(run.model) for run in runs},
+                     historical_states=historical, best_states=best,
+                     best_steps={run.name: run.best_step for run in runs},
+                     best_val_accs={run.name: run.best_acc for run in runs},
+                     history=history, wall_time_s=time.perf_counter() - start)
+
+
+def merge_sources(theta0_state: StateDict, states: Sequence[StateDict], trainable: Sequence[str],
+                  ham_cfg: HamConfig) -> MergedState:
+    """merge(ham_cfg.merge_method, θ0, states, **merge_hparams) over ham_cfg.merge_scope.
+
+    With scope "trainable" only the trained tensors are merged and the rest is θ0's.
+    """
+    keys = list(trainable) if ham_cfg.merge_scope == "trainable" else list(theta0_state)
+    part = merge(ham_cfg.merge_method, {k: theta0_state[k] for k in keys},
+                 [{k: s[k] for k in keys} for s in states], **ham_cfg.merge_hparams)
+    info = {**part.info, "method": ham_cfg.merge_method, "scope": ham_cfg.merge_scope}
+    return MergedState({**{k: v.clone() for k, v in theta0_state.items()}, **part}, info=info)
+
+
+def _as_batch(batch: Sequence[Any]) -> Batch:
+    return batch[0], torch.as_tensor(batch[1])
+
+
+def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Tensor], mean: list[Tensor],
+                 ham_cfg: HamConfig, step: int) -> dict[str, Any]:
+    """One optimizer step of source `run.name`; returns its log entries."""
+    name, model = run.name, run.model
+    images, labels = batches[name]
+    logits = model(images)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    # τ_i comes from the logits of the gradient forward: no second pass over B_i.
+    own_confidence = max_confidence(logits)
+    foreign = {j: b for j, b in batches.items() if j != name}
+    counts = {j: 0 for j in foreign}
+    if ham_cfg.sae and step > ham_cfg.sae_warmup_steps and foreign:
+        with torch.no_grad():
+            confidence = max_confidence(model(torch.cat([b[0] for b in foreign.values()])))
+        sizes = [len(b[1]) for b in foreign.values()]
+        selection = select_confident(own_confidence, dict(zip(foreign, confidence.split(sizes))),
+                                     margin=ham_cfg.sae_margin if ham_cfg.sae_rule == "margin" else 0.0,
+                                     max_borrow=ham_cfg.sae_max_borrow)
+        counts = selection.counts()
+        if selection.total:
+            # Only the borrowed samples go through a second (gradient) forward.
+            borrowed_x = torch.cat([foreign[j][0][idx] for j, idx in selection.indices.items()])
+            borrowed_y = torch.cat([foreign[j][1][idx] for j, idx in selection.indices.items()])
+            extra = F.cross_entropy(model(borrowed_x), borrowed_y, reduction="none")
+            per_sample = torch.cat([per_sample, extra])
+    loss_ce = per_sample.mean()
+    loss = loss_ce
+    loss_sign = 0.0
+    if ham_cfg.opa:
+        sign = opa.sign_loss(run.params, theta0_params, mean, ham_cfg.opa_mode)
+        loss = loss_ce + ham_cfg.opa_weight * sign
+        loss_sign = sign.item()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+
+    record: dict[str, Any] = {f"loss/{name}": loss.item(), f"loss_ce/{name}": loss_ce.item(),
+                              f"loss_sign/{name}": loss_sign, f"tau/{name}": float(own_confidence.mean()),
+                              f"borrowed/{name}": sum(counts.values())}
+    record.update({f"borrow/{name}<-{j}": n for j, n in counts.items()})
+    return record
+
+
+def _evaluate(run: _Source, val_sets: dict[str, Dataset], batch_size: int, step: int) -> dict[str, Any]:
+    """Validation accuracy of one source model; keeps its best checkpoint (ties → later step)."""
+    val = validation_accuracy(run.model, val_sets, batch_size)
+    acc = statistics.fmean(val.values()) if val else float("nan")
+    if not val or acc >= run.best_acc:
+        run.best_state, run.best_step, run.best_acc = _clone_state(run.model), step, acc
+    run.model.train()
+    record: dict[str, Any] = {f"val/{run.name}/{domain}": v for domain, v in val.items()}
+    record[f"val_acc/{run.name}"] = acc
+    return record
+
+
+__all__ = ["HamConfig", "HamResult", "merge_sources", "stream_seed", "train_ham"]

@@ -1,0 +1,63 @@
+"""OPA, HAM's optimization conflict-aware parameter alignment (Eq. 5), as pure functions.
+
+v_i^l = θ_i^l − θ0^l for each trainable tensor l; v̄^l = mean_i v_i^l, detached. The sign loss
+penalises the part of v_i that points against v̄, so the source models' updates agree in sign
+when they are merged (TIES-style cancellation is what it prevents).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+OpaMode = Literal["elementwise", "dot"]
+
+
+@torch.no_grad()
+def update_vector(params: Sequence[Tensor], theta0: Sequence[Tensor]) -> list[Tensor]:
+    """v = θ − θ0 per tensor, detached (the inputs of v̄ and of the conflict rate)."""
+    return [p.detach() - p0 for p, p0 in zip(params, theta0)]
+
+
+@torch.no_grad()
+def mean_update(updates: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+    """v̄^l = mean over models of v_i^l, for each tensor l."""
+    if not updates:
+        raise ValueError("mean_update needs at least one model's update vector")
+    return [torch.stack(layer).mean(dim=0) for layer in zip(*updates)]
+
+
+def sign_loss(params: Sequence[Tensor], theta0: Sequence[Tensor], mean: Sequence[Tensor],
+              mode: OpaMode = "elementwise") -> Tensor:
+    """L_sign = (1/N_L) Σ_l penalty_l, differentiable in `params` (v̄ = `mean` is a constant).
+
+    elementwise: penalty_l = Σ_elem max(0, −v_i^l ⊙ v̄^l) (ham-spec default);
+    dot:         penalty_l = max(0, −⟨v_i^l, v̄^l⟩).
+    Both give gradient −v̄/N_L on the active elements (or tensors).
+    """
+    if not params:
+        raise ValueError("sign_loss needs at least one trainable tensor")
+    if mode not in ("elementwise", "dot"):
+        raise ValueError(f"unknown OPA mode {mode!r}: use elementwise or dot")
+    penalties = []
+    for p, p0, vbar in zip(params, theta0, mean, strict=True):
+        product = (p - p0) * vbar.detach()
+        penalties.append(F.relu(-product).sum() if mode == "elementwise" else F.relu(-product.sum()))
+    return torch.stack(penalties).mean()
+
+
+@torch.no_grad()
+def sign_conflict_rate(update: Sequence[Tensor], mean: Sequence[Tensor]) -> float:
+    """Fraction of elements where v_i and v̄ have strictly opposite signs (v_i ⊙ v̄ < 0).
+
+    Zeros are not conflicts: at θ0 every update is zero and nothing can cancel.
+    """
+    conflicts = sum(int(((u * m) < 0).sum()) for u, m in zip(update, mean, strict=True))
+    total = sum(u.numel() for u in update)
+    return conflicts / total if total else 0.0
+
+
+__all__ = ["OpaMode", "mean_update", "sign_conflict_rate", "sign_loss", "update_vector"]
