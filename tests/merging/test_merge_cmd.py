@@ -134,3 +134,15 @@ def test_inspect_prints_the_report_and_saves_a_heatmap(files):
     code, output = run("inspect", "--pretrained", tmp / "pre.safetensors", "--models", tmp / "a.safetensors",
                        "--heatmap", tmp / "h.jpg")
     assert code == 2 and "PNG" in output
+
+
+def test_root_app_exposes_merge_and_inspect(files):
+    main = pytest.importorskip("dgmerge.cli.main", reason="root CLI needs the other command modules")
+    tmp, pre, fts = files
+    result = runner.invoke(main.app, ["merge", "--method", "rhm", "--pretrained", str(tmp / "pre.safetensors"),
+                                      "--models", str(tmp / "a.safetensors"), str(tmp / "b.pt"),
+                                      "--out", str(tmp / "r.safetensors"), "--set", "trim=0.2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = merge("rhm", pre, fts[:2], trim=0.2)
+    got = load_state_dict(tmp / "r.safetensors")
+    assert all(torch.equal(got[k], expected[k]) for k in pre)

@@ -101,18 +101,21 @@ def _count_at_most(chunks: Chunks, values: Sequence[float]) -> list[int]:
     return total.tolist()
 
 
-def _sampled(chunks: Chunks, total: int, ks: Sequence[int], sample_size: int,
+def _sampled(chunks: Chunks, total: int, n_rows: int, ks: Sequence[int], sample_size: int,
              generator: torch.Generator) -> list[float]:
     size = min(sample_size, total)
-    positions = torch.randint(0, total, (size,), generator=generator).sort().values
-    parts, offset = [], 0
+    index_dtype = torch.int32 if total < 2**31 else torch.int64
+    positions = torch.randint(0, total, (size,), generator=generator, dtype=index_dtype).sort().values
+    sample = torch.empty(n_rows, size, dtype=torch.float32)  # filled in place: no concatenated copy
+    offset = filled = 0
     for chunk in chunks():
         width = chunk.shape[1]
-        lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + width])).tolist()
+        lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + width], dtype=index_dtype)).tolist()
         if hi > lo:
-            parts.append(chunk[:, positions[lo:hi] - offset].to(torch.float32))
+            sample[:, filled:filled + hi - lo] = chunk[:, (positions[lo:hi] - offset).long()]
+            filled += hi - lo
         offset += width
-    sample = torch.cat(parts, dim=1)
+    del positions
     values = []
     for row, k in enumerate(ks):
         rank = min(size, max(1, round(k / total * size)))
@@ -132,7 +135,7 @@ def magnitude_thresholds(chunks: Chunks, total: int, ks: Sequence[int], method: 
         size, dkw = None, None
     elif method == "sampled":
         generator = torch.Generator().manual_seed(seed)
-        values = _sampled(chunks, total, ks, sample_size, generator)
+        values = _sampled(chunks, total, len(ks), ks, sample_size, generator)
         size = min(sample_size, total)
         dkw = math.sqrt(math.log(2 / 0.05) / (2 * size))
     else:

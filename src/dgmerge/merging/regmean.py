@@ -19,19 +19,26 @@ from dgmerge.merging.validate import MergeError, Param, StateDict
 
 
 def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float) -> Tensor:
-    """W* for one linear layer from the models' (out×in) weights and (in×in) Gram matrices."""
-    dtype = torch.float64
-    lhs = torch.zeros_like(grams[0], dtype=dtype)
+    """W* for one linear layer from the models' (out×in) weights and (in×in) Gram matrices.
+
+    The N products G̃_i W_iᵀ dominate the cost and run in the inputs' precision (float32 for
+    float32 models); the SPD solve runs in float64 by Cholesky, with a least-squares
+    fallback when the summed Gram is singular (dead inputs).
+    """
+    dtype = torch.float64 if weights[0].dtype == torch.float64 else torch.float32
+    lhs = torch.zeros(grams[0].shape, dtype=dtype)
     rhs = torch.zeros(weights[0].shape[1], weights[0].shape[0], dtype=dtype)
     for weight, gram in zip(weights, grams):
-        gram = gram.to(dtype)
-        shrunk = alpha * gram + (1 - alpha) * torch.diag(torch.diagonal(gram))
+        shrunk = gram.to(dtype) * alpha  # α G off the diagonal; α G_ii + (1 − α) G_ii = G_ii on it
+        shrunk.diagonal().copy_(torch.diagonal(gram))
         lhs += shrunk
-        rhs += shrunk @ weight.to(dtype).T
-    try:
-        solution = torch.linalg.solve(lhs, rhs)
-    except RuntimeError:
-        solution = torch.linalg.pinv(lhs) @ rhs  # singular Gram (dead inputs): least-norm solution
+        rhs.addmm_(shrunk, weight.to(dtype).T)
+    lhs, rhs = lhs.double(), rhs.double()
+    factor, info = torch.linalg.cholesky_ex(lhs)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, factor)
+    else:
+        solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
     return solution.T
 
 

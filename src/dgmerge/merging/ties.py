@@ -17,7 +17,7 @@ TRIM_PARAMS = {
     "level": Param("str", choices=("model", "tensor"),
                    help="threshold over the whole model's concatenated task vector, or per tensor"),
     "threshold": Param("str", choices=("exact", "sampled"),
-                       help="exact k-th value (streamed radix select) or a sampled estimate"),
+                       help="exact k-th value (streamed radix select) or a sampled estimate (model level only)"),
     "sample_size": Param("int", 1, None, help="sample size of the sampled estimate"),
     "seed": Param("int", help="seed of the sampled estimate"),
 }
