@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from dgmerge.training.opa import mean_update, sign_conflict_rate, sign_loss, update_vector
+
+THETA0 = [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([[2.0, -2.0]])]
+V_I = [torch.tensor([1.0, -2.0, 3.0]), torch.tensor([[0.5, -1.0]])]
+V_BAR = [torch.tensor([2.0, 1.0, -1.0]), torch.tensor([[1.0, 1.0]])]
+
+
+def params():
+    return [(p0 + v).requires_grad_(True) for p0, v in zip(THETA0, V_I)]
+
+
+def test_update_vector_and_mean_update():
+    p = params()
+    updates = update_vector(p, THETA0)
+    assert [u.tolist() for u in updates] == [v.tolist() for v in V_I]
+    assert not any(u.requires_grad for u in updates)
+    other = [torch.tensor([3.0, 4.0, -5.0]), torch.tensor([[1.5, 3.0]])]
+    mean = mean_update([updates, other])
+    assert [m.tolist() for m in mean] == [v.tolist() for v in V_BAR]
+
+
+def test_elementwise_sign_loss_value_and_gradient_by_hand():
+    p = params()
+    loss = sign_loss(p, THETA0, V_BAR, "elementwise")
+    # layer 1: −v⊙v̄ = [−2, 2, 3] → 5; layer 2: [−0.5, 1] → 1; mean over the 2 layers = 3.
+    assert loss.item() == pytest.approx(3.0)
+    loss.backward()
+    # −v̄ / N_L where the hinge is active, 0 elsewhere.
+    assert p[0].grad.tolist() == pytest.approx([0.0, -0.5, 0.5])
+    assert p[1].grad.tolist() == [pytest.approx([0.0, -0.5])]
+
+
+def test_dot_sign_loss_value_and_gradient_by_hand():
+    p = params()
+    loss = sign_loss(p, THETA0, V_BAR, "dot")
+    # layer 1: ⟨v, v̄⟩ = 2 − 2 − 3 = −3 → 3; layer 2: 0.5 − 1 = −0.5 → 0.5; mean = 1.75.
+    assert loss.item() == pytest.approx(1.75)
+    loss.backward()
+    assert p[0].grad.tolist() == pytest.approx([-1.0, -0.5, 0.5])
+    assert p[1].grad.tolist() == [pytest.approx([-0.5, -0.5])]
+
+
+def test_dot_layer_that_agrees_gets_no_gradient():
+    p = [(THETA0[0] + V_BAR[0]).requires_grad_(True)]
+    loss = sign_loss(p, THETA0[:1], V_BAR[:1], "dot")
+    assert loss.item() == 0.0
+    loss.backward()
+    assert p[0].grad.abs().sum().item() == 0.0
+
+
+def test_mean_is_a_constant_and_zero_updates_cost_nothing():
+    mean = [v.clone().requires_grad_(True) for v in V_BAR]
+    p = [t.clone().requires_grad_(True) for t in THETA0]  # v_i = 0: at θ0
+    loss = sign_loss(p, THETA0, mean)
+    assert loss.item() == 0.0
+    loss = sign_loss(params(), THETA0, mean)
+    loss.backward()
+    assert all(m.grad is None for m in mean)
+
+
+def test_sign_conflict_rate_counts_strictly_opposite_signs():
+    # products: [2, −2, −3], [0.5, −1] → 3 of 5 elements conflict.
+    assert sign_conflict_rate(V_I, V_BAR) == pytest.approx(0.6)
+    zeros = [torch.zeros(3), torch.zeros(1, 2)]
+    assert sign_conflict_rate(zeros, V_BAR) == 0.0
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="mode"):
+        sign_loss(params(), THETA0, V_BAR, "cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        sign_loss([], [], [])
+    with pytest.raises(ValueError):
+        mean_update([])
