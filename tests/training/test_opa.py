@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dgmerge.training.opa import mean_update, sign_conflict_rate, sign_loss, update_vector
+from dgmerge.training.opa import (mean_update, mean_update_and_conflicts, sign_conflict_rate, sign_loss,
+                                  update_vector)
 
 THETA0 = [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([[2.0, -2.0]])]
 V_I = [torch.tensor([1.0, -2.0, 3.0]), torch.tensor([[0.5, -1.0]])]
@@ -66,6 +67,18 @@ def test_sign_conflict_rate_counts_strictly_opposite_signs():
     assert sign_conflict_rate(V_I, V_BAR) == pytest.approx(0.6)
     zeros = [torch.zeros(3), torch.zeros(1, 2)]
     assert sign_conflict_rate(zeros, V_BAR) == 0.0
+
+
+def test_streamed_mean_and_conflicts_equal_the_plain_functions():
+    g = torch.Generator().manual_seed(0)
+    theta0 = [torch.randn(5, generator=g), torch.randn(2, 3, generator=g)]
+    models = [[t + torch.randn(t.shape, generator=g) for t in theta0] for _ in range(3)]
+    mean, rates = mean_update_and_conflicts(models, theta0)
+    updates = [update_vector(m, theta0) for m in models]
+    expected = mean_update(updates)
+    assert all(torch.equal(a, b) for a, b in zip(mean, expected))
+    assert rates == [sign_conflict_rate(u, expected) for u in updates]
+    assert 0 < max(rates) < 1
 
 
 def test_bad_inputs():

@@ -184,9 +184,7 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
         batches = {name: _as_batch(next(stream)) for name, stream in streams.items()}
         record: dict[str, Any] = {"step": step}
         # v̄ from every model's weights before any of them moves in this step.
-        updates = [opa.update_vector(run.params, theta0_params) for run in runs]
-        mean = opa.mean_update(updates)
-        conflicts = [opa.sign_conflict_rate(u, mean) for u in updates]
+        mean, conflicts = opa.mean_update_and_conflicts([run.params for run in runs], theta0_params)
         record["sign_conflict"] = statistics.fmean(conflicts)
         for run, conflict in zip(runs, conflicts):
             record[f"sign_conflict/{run.name}"] = conflict

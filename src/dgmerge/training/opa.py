@@ -50,6 +50,29 @@ def sign_loss(params: Sequence[Tensor], theta0: Sequence[Tensor], mean: Sequence
 
 
 @torch.no_grad()
+def mean_update_and_conflicts(params: Sequence[Sequence[Tensor]],
+                              theta0: Sequence[Tensor]) -> tuple[list[Tensor], list[float]]:
+    """v̄ and each model's sign-conflict rate against it, from every model's current weights.
+
+    Same values as mean_update + sign_conflict_rate, computed one tensor at a time so only
+    v̄ (one model's size) is kept, not all N_S update vectors.
+    """
+    if not params:
+        raise ValueError("mean_update_and_conflicts needs at least one model")
+    mean: list[Tensor] = []
+    conflicts = [0] * len(params)
+    total = 0
+    for layer, p0 in enumerate(theta0):
+        updates = [model[layer].detach() - p0 for model in params]
+        layer_mean = torch.stack(updates).mean(dim=0)
+        for i, update in enumerate(updates):
+            conflicts[i] += int(((update * layer_mean) < 0).sum())
+        total += p0.numel()
+        mean.append(layer_mean)
+    return mean, [c / total if total else 0.0 for c in conflicts]
+
+
+@torch.no_grad()
 def sign_conflict_rate(update: Sequence[Tensor], mean: Sequence[Tensor]) -> float:
     """Fraction of elements where v_i and v̄ have strictly opposite signs (v_i ⊙ v̄ < 0).
 
@@ -60,4 +83,4 @@ def sign_conflict_rate(update: Sequence[Tensor], mean: Sequence[Tensor]) -> floa
     return conflicts / total if total else 0.0
 
 
-__all__ = ["OpaMode", "mean_update", "sign_conflict_rate", "sign_loss", "update_vector"]
+__all__ = ["OpaMode", "mean_update", "mean_update_and_conflicts", "sign_conflict_rate", "sign_loss", "update_vector"]

@@ -1,0 +1,41 @@
+import pytest
+from pydantic import ValidationError
+
+from dgmerge.training.ham_config import HamConfig
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = HamConfig()
+    assert (cfg.sae, cfg.sae_rule, cfg.opa, cfg.opa_weight, cfg.opa_mode) == (True, "mean", True, 0.1, "elementwise")
+    assert (cfg.historical, cfg.beta, cfg.merge_method, cfg.merge_hparams) == ("beta", 0.5, "rhm", {})
+
+
+def test_ablations_are_configs():
+    HamConfig(sae=False, opa=False, historical="none")
+    HamConfig(merge_hparams={"trim": 0.2, "level": "tensor"})
+    HamConfig(merge_method="ties", merge_hparams={"keep": 0.2})
+    HamConfig(sae_rule="margin", sae_margin=0.1, sae_max_borrow=4, sae_warmup_steps=100)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"sae_margn": 0.1}, "sae_margn"),
+    ({"merge_method": "rmh"}, "merge_method"),
+    ({"merge_hparams": {"trim": 2.0}}, "trim"),
+    ({"merge_hparams": {"keep": 0.2}}, "keep"),  # a TIES hparam given to RHM
+    ({"sae_margin": 0.1}, "sae_margin"),  # margin without sae_rule: margin
+    ({"opa_weight": 0.0}, "opa_weight"),
+    ({"beta": 0.0}, "beta"),
+    ({"sae_max_borrow": 0}, "sae_max_borrow"),
+    ({"historical": "swa"}, "historical"),
+])
+def test_bad_values_fail_at_config_time_naming_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        HamConfig(**kwargs)
+
+
+def test_unknown_method_lists_the_available_ones_and_assignment_is_checked():
+    with pytest.raises(ValidationError, match="ties"):
+        HamConfig(merge_method="nope")
+    cfg = HamConfig()
+    with pytest.raises(ValidationError):
+        cfg.merge_method = "nope"
