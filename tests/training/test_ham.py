@@ -235,6 +235,8 @@ def test_theta0_is_untouched_and_bad_inputs_fail_clearly():
         train_ham(models[:2], TRAIN, VAL, CFG, HamConfig(), seed=0)
     with pytest.raises(ValueError, match="at least one source"):
         train_ham(model, {}, VAL, CFG, HamConfig(), seed=0)
+    with pytest.raises(ValueError, match="not sources"):
+        train_ham(model, TRAIN, {**VAL, "target": VAL["a"]}, CFG, HamConfig(), seed=0)
 
 
 def test_given_models_are_trained_in_place_and_match_the_theta0_form(default_run):

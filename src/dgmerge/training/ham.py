@@ -155,6 +155,10 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     sources = list(train_sets)
     if not sources:
         raise ValueError("train_ham needs at least one source domain")
+    strangers = [name for name in val_sets if name not in train_sets]
+    if strangers:
+        # Model selection may only see source out-splits: anything else is a target leak.
+        raise ValueError(f"validation domain(s) {', '.join(strangers)} are not sources ({', '.join(sources)})")
     start = time.perf_counter()
     models = _source_models(models_or_theta0, sources)
     names = [n for n, p in models[0].named_parameters() if p.requires_grad]
