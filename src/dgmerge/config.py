@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dgmerge.training.ham_config import HamConfig
+
 TRAINABLE_PATTERN = re.compile(r"^(all|none|norms_biases|last:[1-9][0-9]*)$")
 
 
@@ -107,7 +109,7 @@ class TrainConfig(StrictModel):
         return value
 
 
-Method = Literal["zero_shot", "erm", "single_source", "merge_average"]
+Method = Literal["zero_shot", "erm", "single_source", "merge_average", "ham"]
 
 
 class ExperimentConfig(StrictModel):
@@ -120,6 +122,7 @@ class ExperimentConfig(StrictModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    ham: HamConfig = Field(default_factory=HamConfig)
     methods: list[Method] = Field(
         default_factory=lambda: ["zero_shot", "erm", "single_source", "merge_average"], min_length=1
     )

@@ -85,3 +85,15 @@ def test_merge_of_identical_sources_is_that_model(tiny_data, tmp_path):
     rows = experiment.run_experiment(cfg, log=lambda _: None)
     accs = {r["method"]: r["test_acc"] for r in rows}
     assert accs["merge_average"] == pytest.approx(accs["zero_shot"])
+
+
+def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_data, tmp_path):
+    cfg = config(tiny_data, tmp_path / "run", methods=["ham"])
+    cfg.ham.merge_hparams = {"trim": 0.2}
+    (row,) = experiment.run_experiment(cfg, log=lambda _: None)
+    assert row["method"] == "ham" and row["hparams"]["ham"]["merge_method"] == "rhm"
+    assert row["merged_from"] == "historical"
+    log = (tmp_path / "run" / "logs" / "seed0" / "outline" / "ham.csv").read_text().splitlines()
+    header = log[0].split(",")
+    assert {"tau/noisy", "tau/solid", "borrow/noisy<-solid", "loss_sign/solid", "sign_conflict"} <= set(header)
+    assert len(log) == 1 + cfg.train.steps

@@ -32,6 +32,7 @@ from dgmerge.models.stages import Cut, StageEncoder, first_trainable_block
 from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_history, save_model
 from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
+from dgmerge.training.ham import train_ham
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.probe import extract_features, fit_linear_probe
 
@@ -223,6 +224,16 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
         merged = copy_model(cell.theta0)
         merged.load_state_dict(merge("average", cell.theta0.state_dict(), source_states))
         record("merge_average", merged, start, {"merged": list(cell.envs.sources)})
+    if "ham" in methods:
+        start = time.perf_counter()
+        theta = copy_model(cell.theta0)
+        set_trainable(theta, cell.backbone, cfg.train.trainable, cfg.train.train_head)
+        result = train_ham(theta, cell.train_sets, cell.val_sets, cfg.train, cfg.ham, cell.seed)
+        save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / "ham.csv", result.history)
+        merged = copy_model(cell.theta0)
+        merged.load_state_dict(result.merged_state)
+        record("ham", merged, start, {"merged_from": result.merged_from,
+                                      "train_wall_time_s": round(result.wall_time_s, 3)})
     return rows
 
 
@@ -243,6 +254,7 @@ def _train_extra(result: TrainResult) -> dict[str, Any]:
 def _row_ids(cell: Cell, method: str) -> dict[str, Any]:
     cfg = cell.cfg
     hparams = {"train": cfg.train.model_dump(mode="json"), "probe": cfg.probe.model_dump(mode="json"),
+               **({"ham": cfg.ham.model_dump(mode="json")} if method == "ham" else {}),
                "backbone": cfg.backbone.model_dump(mode="json", exclude={"templates"}),
                "train_augment": cfg.data.train_augment}
     split = {"holdout_fraction": cfg.data.holdout_fraction, "trial_seed": cell.seed,
