@@ -59,23 +59,10 @@ def find_tail(encoder: nn.Module, last_top_level: str | None) -> list[str]:
     return [name for name in after if _has_params(encoder.get_submodule(name))]
 
 
-def _to_rgb(image):
-    # Module-level (not a lambda) so the transform pickles into DataLoader workers.
-    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
-
-
 def resize_crop_normalize(image_size: int, mean: Sequence[float], std: Sequence[float],
                           interpolation: str = "bilinear") -> Callable:
     """PIL image -> [3, S, S] tensor: shorter side resized to S, center crop S, normalised."""
-    from torchvision import transforms
+    from dgmerge.data.transforms import eval_transform
 
-    modes = {"bilinear": transforms.InterpolationMode.BILINEAR,
-             "bicubic": transforms.InterpolationMode.BICUBIC,
-             "nearest": transforms.InterpolationMode.NEAREST}
-    return transforms.Compose([
-        transforms.Lambda(_to_rgb),
-        transforms.Resize(image_size, interpolation=modes.get(interpolation, modes["bilinear"]), antialias=True),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(list(mean), list(std)),
-    ])
+    known = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+    return eval_transform(image_size, mean, std, interpolation=known)  # type: ignore[arg-type]

@@ -34,7 +34,8 @@ def pretrain_backbone(dataset_dir: Path, cfg: BackboneConfig, out_path: Path, st
     samples = [s for domain in index.domains for s in index.samples[domain]]
     # The generator already varies position, scale, rotation and colour, so the deterministic
     # eval transform suffices, and decoded images can stay in memory across steps.
-    data = InMemoryDataset(ImageDataset(samples, eval_transform(backbone.image_size, backbone.mean, backbone.std)))
+    transform = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    data = InMemoryDataset(ImageDataset(samples, transform))
     stream = BatchStream(data, batch_size, seed=seed)
     head = torch.nn.Linear(backbone.feature_dim, len(index.classes))
     encoder = backbone.encoder.train()
