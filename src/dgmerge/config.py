@@ -109,7 +109,35 @@ class TrainConfig(StrictModel):
         return value
 
 
-Method = Literal["zero_shot", "erm", "single_source", "merge_average", "ham"]
+Method = Literal["zero_shot", "erm", "single_source", "merge", "ham"]
+
+# Methods that need data statistics or an evaluation callback, not just the models.
+MERGES_NEEDING_DATA = ("regmean", "fisher", "greedy_soup")
+
+
+class MergeSpec(StrictModel):
+    """One merge of the single-source models: a registered method and its hyperparameters."""
+
+    method: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    # Row name suffix (merge:<label>); defaults to the method name.
+    label: str | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from dgmerge.merging import available
+
+        if value not in available():
+            raise ValueError(f"unknown merge method {value!r}; available: {', '.join(available())}")
+        if value in MERGES_NEEDING_DATA:
+            raise ValueError(f"{value} needs data statistics or an evaluation callback; "
+                             "use the dgmerge.merging API for it")
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.label or self.method
 
 
 class ExperimentConfig(StrictModel):
@@ -124,16 +152,26 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ham: HamConfig = Field(default_factory=HamConfig)
     methods: list[Method] = Field(
-        default_factory=lambda: ["zero_shot", "erm", "single_source", "merge_average"], min_length=1
+        default_factory=lambda: ["zero_shot", "erm", "single_source", "merge"], min_length=1
     )
+    # Merges of the single-source models run by method "merge" (over the trained tensors only).
+    merges: list[MergeSpec] = Field(default_factory=lambda: [MergeSpec(method="average")], min_length=1)
     # Save every trained model (safetensors, with its config in the metadata) under output_dir.
     save_models: bool = True
 
     @field_validator("methods")
     @classmethod
-    def _merge_needs_sources(cls, value: list[str]) -> list[str]:
+    def _no_repeats(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"methods are listed twice: {value}")
+        return value
+
+    @field_validator("merges")
+    @classmethod
+    def _unique_merge_names(cls, value: list[MergeSpec]) -> list[MergeSpec]:
+        names = [spec.name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"merge names repeat ({names}); give repeats a distinct label")
         return value
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import REQUIRED_FIELDS, read_results
 from dgmerge.pipeline import experiment
@@ -45,10 +45,14 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "fine_tune", spy_fine_tune)
     monkeypatch.setattr(experiment, "extract_features", spy_features)
     cfg = config(tiny_data, tmp_path / "run")
+    cfg.merges = [MergeSpec(method="average"), MergeSpec(method="rhm", hparams={"trim": 0.2}),
+                  MergeSpec(method="ties", hparams={"keep": 0.5}, label="ties-k0.5")]
     rows = experiment.run_experiment(cfg, log=lambda _: None)
 
     methods = [r["method"] for r in rows]
-    assert methods == ["zero_shot", "erm", "source:noisy", "source:solid", "single_source_mean", "merge_average"]
+    assert methods == ["zero_shot", "erm", "source:noisy", "source:solid", "single_source_mean",
+                       "merge:average", "merge:rhm", "merge:ties-k0.5"]
+    assert next(r for r in rows if r["method"] == "merge:rhm")["merge_hparams"] == {"trim": 0.2}
     # The target domain fed nothing to training, the probe head or model selection.
     assert seen_paths and not [p for p in seen_paths if "/outline/" in p]
     for row in rows:
@@ -80,11 +84,22 @@ def test_unknown_test_domain_is_named(tiny_data, tmp_path):
 
 def test_merge_of_identical_sources_is_that_model(tiny_data, tmp_path):
     # Merging needs a shared θ0: with lr≈0 every source model stays θ0 and so must the merge.
-    cfg = config(tiny_data, tmp_path / "run", methods=["zero_shot", "merge_average"], save_models=False)
+    cfg = config(tiny_data, tmp_path / "run", methods=["zero_shot", "merge"], save_models=False,
+                 merges=[MergeSpec(method="average"), MergeSpec(method="ties"), MergeSpec(method="rhm")])
     cfg.train.lr = 1e-12
     rows = experiment.run_experiment(cfg, log=lambda _: None)
     accs = {r["method"]: r["test_acc"] for r in rows}
-    assert accs["merge_average"] == pytest.approx(accs["zero_shot"])
+    for merged in ("merge:average", "merge:ties", "merge:rhm"):
+        assert accs[merged] == pytest.approx(accs["zero_shot"])
+
+
+def test_merges_are_validated_in_the_config():
+    with pytest.raises(ValueError, match="unknown merge method"):
+        MergeSpec(method="soup")
+    with pytest.raises(ValueError, match="statistics"):
+        MergeSpec(method="regmean")
+    with pytest.raises(ValueError, match="distinct label"):
+        ExperimentConfig(merges=[MergeSpec(method="ties"), MergeSpec(method="ties")])
 
 
 def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_data, tmp_path):

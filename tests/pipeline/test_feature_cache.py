@@ -23,7 +23,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def config(root: Path, out: Path, cache: str) -> ExperimentConfig:
     return ExperimentConfig(
-        output_dir=out, seeds=[0], methods=["zero_shot", "erm", "merge_average"],
+        output_dir=out, seeds=[0], methods=["zero_shot", "erm", "merge"],
         data=DataConfig(root=root, dataset="Shapes", test_domains=["noisy"]),
         backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
         probe=ProbeConfig(epochs=5, batch_size=32),

@@ -24,7 +24,7 @@ from dgmerge.data.imagefolder import DomainIndex, ImageDataset, scan_domains
 from dgmerge.data.transforms import eval_transform, train_transform
 from dgmerge.evaluation.accuracy import accuracy
 from dgmerge.evaluation.results import append_result, config_hash, make_row, read_results
-from dgmerge.merging import merge
+from dgmerge.merging.scope import merge_subset
 from dgmerge.models import load_backbone
 from dgmerge.models.backbone import Backbone
 from dgmerge.models.classifier import Classifier, set_trainable, trainable_encoder_names
@@ -194,7 +194,8 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
         rows.append(row)
         log(f"   {method:<28} test acc {100 * row['test_acc']:5.1f}   source val {100 * row['val_acc']:5.1f}")
         if cfg.save_models and method != "zero_shot":
-            save_model(cell.out_dir / f"{method}.safetensors", model, _model_meta(cell, method))
+            # "merge:ties" -> merge_ties.safetensors: colons are not portable in file names.
+            save_model(cell.out_dir / f"{method.replace(':', '_')}.safetensors", model, _model_meta(cell, method))
 
     if "zero_shot" in methods:
         start = time.perf_counter()
@@ -203,7 +204,7 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
         start = time.perf_counter()
         model, result = _train(cell, cell.train_sets, "erm")
         record("erm", model, start, _train_extra(result), result=result)
-    if "single_source" in methods or "merge_average" in methods:
+    if "single_source" in methods or "merge" in methods:
         single_accs = []
         for source in cell.envs.sources:
             start = time.perf_counter()
@@ -219,11 +220,15 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
                            method_group="single_source", note="mean test accuracy of the single-source models")
             append_result(results_path, row)
             rows.append(row)
-    if "merge_average" in methods:
-        start = time.perf_counter()
-        merged = copy_model(cell.theta0)
-        merged.load_state_dict(merge("average", cell.theta0.state_dict(), source_states))
-        record("merge_average", merged, start, {"merged": list(cell.envs.sources)})
+    if "merge" in methods:
+        trained = _trained_keys(cell)
+        for spec in cfg.merges:
+            start = time.perf_counter()
+            merged = copy_model(cell.theta0)
+            state = merge_subset(spec.method, cell.theta0.state_dict(), source_states, trained, **spec.hparams)
+            merged.load_state_dict(state)
+            record(f"merge:{spec.name}", merged, start, {"merged": list(cell.envs.sources), "merge_method": spec.method,
+                                                        "merge_hparams": spec.hparams}, group="merge")
     if "ham" in methods:
         start = time.perf_counter()
         theta = copy_model(cell.theta0)
@@ -245,6 +250,12 @@ def _train(cell: Cell, train_sets: dict[str, Dataset], desc: str) -> tuple[Class
     name = desc.replace(" ", "_")
     save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / f"{name}.csv", result.history)
     return model, result
+
+
+def _trained_keys(cell: Cell) -> list[str]:
+    """State-dict keys of the parameters that fine-tuning changes (the tensors worth merging)."""
+    probe = copy_model(cell.theta0)
+    return set_trainable(probe, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
 
 
 def _train_extra(result: TrainResult) -> dict[str, Any]:

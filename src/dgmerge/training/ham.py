@@ -33,7 +33,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from dgmerge.config import TrainConfig
-from dgmerge.merging import EMA, HistoricalAverage, MergedState, merge
+from dgmerge.merging import EMA, HistoricalAverage, MergedState
+from dgmerge.merging.scope import merge_subset
 from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training import opa
@@ -224,11 +225,10 @@ def merge_sources(theta0_state: StateDict, states: Sequence[StateDict], trainabl
 
     With scope "trainable" only the trained tensors are merged and the rest is θ0's.
     """
-    keys = list(trainable) if ham_cfg.merge_scope == "trainable" else list(theta0_state)
-    part = merge(ham_cfg.merge_method, {k: theta0_state[k] for k in keys},
-                 [{k: s[k] for k in keys} for s in states], **ham_cfg.merge_hparams)
-    info = {**part.info, "method": ham_cfg.merge_method, "scope": ham_cfg.merge_scope}
-    return MergedState({**{k: v.clone() for k, v in theta0_state.items()}, **part}, info=info)
+    keys = list(trainable) if ham_cfg.merge_scope == "trainable" else None
+    merged = merge_subset(ham_cfg.merge_method, theta0_state, states, keys, **ham_cfg.merge_hparams)
+    merged.info.update({"method": ham_cfg.merge_method, "scope": ham_cfg.merge_scope})
+    return merged
 
 
 def _as_batch(batch: Sequence[Any]) -> Batch:

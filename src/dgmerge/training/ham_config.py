@@ -58,7 +58,7 @@ class HamConfig(BaseModel):
     merge_hparams: dict[str, Any] = Field(default_factory=dict)
     # "trainable": merge only the trained tensors (the rest stays θ0 exactly), so RHM's
     # model-level quantile is taken over what HAM trains, not diluted by the frozen tensors'
-    # zero updates; "all": every float tensor of the state dict, like the merge_average baseline.
+    # zero updates; "all": every float tensor of the state dict, like merging with scope None.
     merge_scope: Literal["trainable", "all"] = "trainable"
 
     # --- Data order. "single_source": every source's stream is seeded as fine_tune seeds a
