@@ -2,8 +2,8 @@
 
 Embedded default (no downloads, no files from outside the install): generate a small
 multi-domain shapes dataset, pretrain a tiny CNN on a separate generated domain (θ0), then
-run the linear probe, ERM, one model per source domain and their weight average for each
-held-out domain, and print the results table.
+for each held-out domain run the linear probe, ERM, one model per source domain, their
+merges (average, Task Arithmetic, TIES, RHM) and HAM, and print the results table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.artifacts import write_text_atomic
@@ -20,6 +20,13 @@ from dgmerge.pipeline.pretrain import pretrain_backbone
 from dgmerge.reports.table import build_tables, to_markdown
 
 SYNTHETIC_NAME = "Shapes"
+METHODS = ["zero_shot", "erm", "single_source", "merge", "ham"]
+
+
+def default_merges() -> list[MergeSpec]:
+    """The merges the demo compares: plain averaging, Task Arithmetic, TIES and HAM's RHM."""
+    return [MergeSpec(method="average"), MergeSpec(method="task_arithmetic", hparams={"scale": 0.5}),
+            MergeSpec(method="ties", hparams={"keep": 0.2}), MergeSpec(method="rhm", hparams={"trim": 0.2})]
 PRETRAIN_NAME = "ShapesPretrain"
 
 
@@ -35,6 +42,7 @@ def synthetic_config(out_dir: Path, steps: int = 120, seeds: list[int] | None = 
         probe=ProbeConfig(epochs=60, lr=1e-2, batch_size=128),
         train=TrainConfig(steps=steps, batch_size=24, lr=1e-3, weight_decay=0.1, trainable="all",
                           eval_every=max(1, steps // 4), eval_batch_size=256),
+        methods=METHODS, merges=default_merges(),
     )
 
 
@@ -73,6 +81,7 @@ def real_config(data_dir: Path, weights: Path, out_dir: Path, steps: int, seeds:
         train=TrainConfig(steps=steps, batch_size=24, lr=1e-4, trainable=trainable,
                           eval_every=max(1, steps // 3), eval_batch_size=64,
                           feature_cache="disk" if trainable.startswith("last:") else "off"),
+        methods=METHODS, merges=default_merges(),
     )
 
 
