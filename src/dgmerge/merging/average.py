@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from dgmerge.merging.registry import MergedState, register
-from dgmerge.merging.task_vectors import compute_dtype, map_float_tensors
+from dgmerge.merging.task_vectors import compute_dtype, map_float_tensors, one_thread
 from dgmerge.merging.validate import Param, StateDict, check_fractions_sum
 
 
@@ -25,7 +25,8 @@ def weighted_average(pretrained: StateDict, finetuned: Sequence[StateDict],
             acc.add_(state[key].to(dtype), alpha=w / total)
         return acc
 
-    return map_float_tensors(pretrained, merged)
+    with one_thread():
+        return map_float_tensors(pretrained, merged)
 
 
 @register("average", params={

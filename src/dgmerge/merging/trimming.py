@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dgmerge.merging.quantile import Threshold, magnitude_thresholds
-from dgmerge.merging.task_vectors import task_vector_pieces
+from dgmerge.merging.task_vectors import one_thread, task_vector_pieces
 from dgmerge.merging.validate import StateDict
 
 
@@ -39,19 +39,21 @@ def model_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], keys
     """One threshold per fine-tuned model over all of its `keys` concatenated (never built)."""
     total = sum(pretrained[k].numel() for k in keys)
     rank = rank_of(total)
-    return magnitude_thresholds(magnitude_chunks(pretrained, finetuned, keys), total,
-                                [rank] * len(finetuned), method, sample_size, seed)
+    with one_thread():
+        return magnitude_thresholds(magnitude_chunks(pretrained, finetuned, keys), total,
+                                    [rank] * len(finetuned), method, sample_size, seed)
 
 
 def tensor_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Sequence[str],
                       rank_of) -> dict[str, Tensor]:
     """Exact per-model thresholds of each tensor on its own (layer-level), as [N, 1] tensors."""
     out = {}
-    for key in keys:
-        ranks = [rank_of(pretrained[key].numel())] * len(finetuned)
-        values = magnitude_thresholds(magnitude_chunks(pretrained, finetuned, [key]),
-                                      pretrained[key].numel(), ranks)
-        out[key] = torch.tensor([t.value for t in values], dtype=torch.float32).view(-1, 1)
+    with one_thread():
+        for key in keys:
+            ranks = [rank_of(pretrained[key].numel())] * len(finetuned)
+            values = magnitude_thresholds(magnitude_chunks(pretrained, finetuned, [key]),
+                                          pretrained[key].numel(), ranks)
+            out[key] = torch.tensor([t.value for t in values], dtype=torch.float32).view(-1, 1)
     return out
 
 

@@ -88,9 +88,14 @@ def check_models(pretrained: StateDict, finetuned: Sequence[StateDict],
     """All input checks: compatibility first (cheap), then finiteness of every float tensor."""
     check_compatible(pretrained, finetuned, names, pretrained_name)
     names = list(names) if names is not None else [f"finetuned[{i}]" for i in range(len(finetuned))]
-    check_finite(pretrained, pretrained_name)
-    for name, state in zip(names, finetuned):
-        check_finite(state, name)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # element-wise scan; see task_vectors.one_thread for why
+    try:
+        check_finite(pretrained, pretrained_name)
+        for name, state in zip(names, finetuned):
+            check_finite(state, name)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
