@@ -51,14 +51,14 @@ def demo(
             typer.echo(f"{out}/results.jsonl exists: finished runs are reused (--force starts afresh).")
     try:
         if data is None:
-            cfg = demo_lib.synthetic_config(out, steps=steps or 120, seeds=seeds)
+            cfg = demo_lib.synthetic_config(out, steps=steps or demo_lib.SYNTHETIC_STEPS, seeds=seeds)
             if test_domains:
                 cfg.data.test_domains = test_domains
             demo_lib.prepare_synthetic(cfg, log=typer.echo)
         else:
             if weights is None:
                 _fail("--data needs --weights (e.g. ../shared/weights/mobilenetv2_100_imagenet_tflite.safetensors)")
-            cfg = demo_lib.real_config(data, weights, out, steps or 150, seeds, test_domains, max_images, trainable)
+            cfg = demo_lib.real_config(data, weights, out, steps or demo_lib.REAL_STEPS, seeds, test_domains, max_images, trainable)
         table = demo_lib.run_demo(cfg, log=typer.echo)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

@@ -21,6 +21,8 @@ from dgmerge.reports.table import build_tables, to_markdown
 
 SYNTHETIC_NAME = "Shapes"
 METHODS = ["zero_shot", "erm", "single_source", "merge", "ham"]
+SYNTHETIC_STEPS = 80
+REAL_STEPS = 150
 
 
 def default_merges() -> list[MergeSpec]:
@@ -30,7 +32,7 @@ def default_merges() -> list[MergeSpec]:
 PRETRAIN_NAME = "ShapesPretrain"
 
 
-def synthetic_config(out_dir: Path, steps: int = 120, seeds: list[int] | None = None,
+def synthetic_config(out_dir: Path, steps: int = SYNTHETIC_STEPS, seeds: list[int] | None = None,
                      images_per_class: int = 40) -> ExperimentConfig:
     """The embedded default experiment (data and θ0 are created by `prepare_synthetic`)."""
     return ExperimentConfig(
@@ -40,7 +42,8 @@ def synthetic_config(out_dir: Path, steps: int = 120, seeds: list[int] | None = 
         data=DataConfig(root=out_dir / "data", dataset=SYNTHETIC_NAME, cache_images=True),
         backbone=BackboneConfig(kind="tiny_cnn", name="tiny", checkpoint=out_dir / "pretrained.safetensors"),
         probe=ProbeConfig(epochs=60, lr=1e-2, batch_size=128),
-        train=TrainConfig(steps=steps, batch_size=24, lr=1e-3, weight_decay=0.1, trainable="all",
+        # 1e-4: with BatchNorm statistics frozen, AdamW at 1e-3 blows the tiny CNN up in one step.
+        train=TrainConfig(steps=steps, batch_size=24, lr=1e-4, weight_decay=0.1, trainable="all",
                           eval_every=max(1, steps // 4), eval_batch_size=256),
         methods=METHODS, merges=default_merges(),
     )
