@@ -6,6 +6,9 @@ import pytest
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from dgmerge.data.synthetic import generate_synthetic
+from typer.testing import CliRunner
+
+from dgmerge.cli.main import app
 from dgmerge.evaluation.results import REQUIRED_FIELDS, read_results
 from dgmerge.pipeline import experiment
 from dgmerge.pipeline.scoring import score_model
@@ -69,6 +72,18 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
                          tiny_data / "Shapes", ["outline"])
     erm_row = next(r for r in rows if r["method"] == "erm")
     assert scores["outline"][1] == pytest.approx(erm_row["test_acc"])
+
+    # The saved files merge on the command line like any checkpoints, and the merged file
+    # scores (with θ0's metadata) exactly as the run's own average merge did.
+    cell_dir = tmp_path / "run" / "models" / "seed0" / "outline"
+    result = CliRunner().invoke(app, ["merge", "--method", "average", "--pretrained", str(cell_dir / "zero_shot.safetensors"),
+                                      "--out", str(tmp_path / "merged.safetensors"), "--models",
+                                      str(cell_dir / "source_noisy.safetensors"), str(cell_dir / "source_solid.safetensors")])
+    assert result.exit_code == 0, result.output
+    merged_scores = score_model(tmp_path / "merged.safetensors", tiny_data / "Shapes", ["outline"],
+                                like=cell_dir / "zero_shot.safetensors")
+    average_row = next(r for r in rows if r["method"] == "merge:average")
+    assert merged_scores["outline"][1] == pytest.approx(average_row["test_acc"])
 
     # Rerunning the same config resumes: nothing is trained again, nothing appended.
     assert experiment.run_experiment(cfg, log=lambda _: None) == []

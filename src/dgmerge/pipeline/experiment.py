@@ -193,7 +193,8 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
         append_result(results_path, row)
         rows.append(row)
         log(f"   {method:<28} test acc {100 * row['test_acc']:5.1f}   source val {100 * row['val_acc']:5.1f}")
-        if cfg.save_models and method != "zero_shot":
+        # zero_shot is θ0 with its head: the --pretrained of a later `dgmerge merge`.
+        if cfg.save_models:
             # "merge:ties" -> merge_ties.safetensors: colons are not portable in file names.
             save_model(cell.out_dir / f"{method.replace(':', '_')}.safetensors", model, _model_meta(cell, method))
 
