@@ -15,8 +15,7 @@ from torch import Tensor
 from dgmerge.merging.registry import MergedState, register
 from dgmerge.merging.task_vectors import float_keys, masked_mean, merge_pieces
 from dgmerge.merging.ties import TRIM_PARAMS
-from dgmerge.merging.trimming import (magnitude_mask, model_sigma, model_thresholds, rank_to_trim,
-                                      tensor_thresholds, threshold_info)
+from dgmerge.merging.trimming import magnitude_mask, magnitude_sigmas, rank_to_trim
 from dgmerge.merging.validate import Param, StateDict
 
 
@@ -39,13 +38,8 @@ def rhm(pretrained: StateDict, finetuned: Sequence[StateDict], *, trim: float = 
     info: dict = {"trim": trim, "scale": scale, "level": level}
     sigma_model, sigma_tensor = None, None
     if trim > 0:
-        if level == "model":
-            thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim),
-                                          threshold, sample_size, seed)
-            info["thresholds"] = threshold_info(thresholds)
-            sigma_model = model_sigma(thresholds)
-        else:
-            sigma_tensor = tensor_thresholds(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim))
+        sigma_model, sigma_tensor = magnitude_sigmas(pretrained, finetuned, keys, lambda n: rank_to_trim(n, trim), level,
+                                                     threshold, sample_size, seed, info)
 
     def combine(key: str, part: slice, vectors: Tensor) -> Tensor:
         if trim == 0:

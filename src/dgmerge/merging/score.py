@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from dgmerge.merging.registry import MergedState, register
-from dgmerge.merging.task_vectors import add_to_base, map_float_tensors, stacked_task_vectors
-from dgmerge.merging.tsv import is_matrix_key, shared_basis
+from dgmerge.merging.task_vectors import map_float_tensors
+from dgmerge.merging.tsv import SharedBasis, merge_in_basis
 from dgmerge.merging.validate import Param, StateDict
 
 VARIANTS = ("v1", "v2", "v3", "v4", "v4-upstream")
@@ -64,17 +64,14 @@ def score(pretrained: StateDict, finetuned: Sequence[StateDict], *, variant: str
     fallback: list[str] = []
     n_tasks = len(finetuned)
 
-    def merged(key: str) -> Tensor:
-        deltas = stacked_task_vectors(pretrained, finetuned, key)
-        basis = shared_basis(deltas) if is_matrix_key(key, pretrained[key]) else None
-        if basis is None:
-            if is_matrix_key(key, pretrained[key]):
-                fallback.append(key)
-            return add_to_base(pretrained[key], deltas.mean(dim=0), scale)
+    def combine(basis: SharedBasis, deltas: Tensor) -> Tensor:
         projected = basis.u.T @ deltas @ basis.vh.T  # [T, r, r]
         summed = sum(trim_projection(projected[i], n_tasks, variant, tau_mult, divide_tau_by_tasks)
                      for i in range(n_tasks))
-        return add_to_base(pretrained[key], basis.u @ summed @ basis.vh, scale)
+        return basis.u @ summed @ basis.vh
+
+    def merged(key: str) -> Tensor:
+        return merge_in_basis(pretrained, finetuned, key, scale, fallback, combine)
 
     return map_float_tensors(pretrained, merged, info={"variant": variant, "scale": scale,
                                                        "fallback_mean": fallback})

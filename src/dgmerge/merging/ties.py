@@ -9,8 +9,7 @@ from torch import Tensor
 
 from dgmerge.merging.registry import MergedState, register
 from dgmerge.merging.task_vectors import disjoint_aggregate, float_keys, merge_pieces
-from dgmerge.merging.trimming import (magnitude_mask, model_sigma, model_thresholds, rank_to_keep,
-                                      tensor_thresholds, threshold_info)
+from dgmerge.merging.trimming import magnitude_mask, magnitude_sigmas, rank_to_keep
 from dgmerge.merging.validate import Param, StateDict
 
 TRIM_PARAMS = {
@@ -43,13 +42,8 @@ def ties(pretrained: StateDict, finetuned: Sequence[StateDict], *, keep: float =
     info: dict = {"keep": keep, "scale": scale, "level": level, "aggregate": aggregate}
     sigma_model, sigma_tensor = None, None
     if keep < 1.0:
-        if level == "model":
-            thresholds = model_thresholds(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep),
-                                          threshold, sample_size, seed)
-            info["thresholds"] = threshold_info(thresholds)
-            sigma_model = model_sigma(thresholds)
-        else:
-            sigma_tensor = tensor_thresholds(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep))
+        sigma_model, sigma_tensor = magnitude_sigmas(pretrained, finetuned, keys, lambda n: rank_to_keep(n, keep), level,
+                                                     threshold, sample_size, seed, info)
 
     # The reference resolves exact-zero sums with the majority sign of the whole model, which
     # is only known after a full pass: such entries are merged as 0 first, with both

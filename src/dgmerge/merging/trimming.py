@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -71,3 +71,18 @@ def magnitude_mask(vectors: Tensor, sigma: Tensor, strict: bool) -> Tensor:
 def threshold_info(thresholds: Sequence[Threshold]) -> list[dict]:
     """Thresholds as plain dicts for MergedState.info and the CLI."""
     return [t.as_dict() for t in thresholds]
+
+
+def magnitude_sigmas(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Sequence[str],
+                     rank: Callable[[int], int], level: str, threshold: str, sample_size: int, seed: int,
+                     info: dict) -> tuple[Tensor | None, dict[str, Tensor] | None]:
+    """Per-model magnitude thresholds (level="model") or per-tensor ones (level="tensor").
+
+    Returns (sigma_model, sigma_tensor), one of them None; model-level thresholds and their
+    estimation error are recorded in info["thresholds"].
+    """
+    if level == "model":
+        thresholds = model_thresholds(pretrained, finetuned, keys, rank, threshold, sample_size, seed)
+        info["thresholds"] = threshold_info(thresholds)
+        return model_sigma(thresholds), None
+    return None, tensor_thresholds(pretrained, finetuned, keys, rank)

@@ -9,7 +9,7 @@ Keys with ndim ≠ 2, and `text_projection`, are averaged, as in the reference c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -73,6 +73,22 @@ def shared_basis(deltas: Tensor) -> SharedBasis | None:
 @register("tsv", params={
     "scale": Param("float", help="α, the coefficient of the merged task vector (reference: 1.0)"),
 })
+def merge_in_basis(pretrained: StateDict, finetuned: Sequence[StateDict], key: str, scale: float,
+                   fallback: list[str], combine: Callable[[SharedBasis, Tensor], Tensor]) -> Tensor:
+    """θ0[key] + scale · combine(shared basis, stacked task vectors) for 2-D keys.
+
+    Other keys, and matrices too small for a shared basis (listed in `fallback`), take the
+    plain mean of their task vectors.
+    """
+    deltas = stacked_task_vectors(pretrained, finetuned, key)
+    basis = shared_basis(deltas) if is_matrix_key(key, pretrained[key]) else None
+    if basis is None:
+        if is_matrix_key(key, pretrained[key]):
+            fallback.append(key)
+        return add_to_base(pretrained[key], deltas.mean(dim=0), scale)
+    return add_to_base(pretrained[key], combine(basis, deltas), scale)
+
+
 def tsv(pretrained: StateDict, finetuned: Sequence[StateDict], *, scale: float = 1.0) -> MergedState:
     """TSV-M: ΔW = U* diag(ŝ) V*ᵀ per 2-D key, mean elsewhere; θ = θ0 + α·ΔW.
 
@@ -82,13 +98,7 @@ def tsv(pretrained: StateDict, finetuned: Sequence[StateDict], *, scale: float =
     fallback: list[str] = []
 
     def merged(key: str) -> Tensor:
-        deltas = stacked_task_vectors(pretrained, finetuned, key)
-        basis = shared_basis(deltas) if is_matrix_key(key, pretrained[key]) else None
-        if basis is None:
-            if is_matrix_key(key, pretrained[key]):
-                fallback.append(key)
-            return add_to_base(pretrained[key], deltas.mean(dim=0), scale)
-        delta = basis.u @ torch.diag(basis.s) @ basis.vh
-        return add_to_base(pretrained[key], delta, scale)
+        return merge_in_basis(pretrained, finetuned, key, scale, fallback,
+                              lambda basis, deltas: basis.u @ torch.diag(basis.s) @ basis.vh)
 
     return map_float_tensors(pretrained, merged, info={"scale": scale, "fallback_mean": fallback})
