@@ -70,9 +70,6 @@ def shared_basis(deltas: Tensor) -> SharedBasis | None:
     return SharedBasis(polar_factor(u_hat), s_hat, polar_factor(vh_hat), k)
 
 
-@register("tsv", params={
-    "scale": Param("float", help="α, the coefficient of the merged task vector (reference: 1.0)"),
-})
 def merge_in_basis(pretrained: StateDict, finetuned: Sequence[StateDict], key: str, scale: float,
                    fallback: list[str], combine: Callable[[SharedBasis, Tensor], Tensor]) -> Tensor:
     """θ0[key] + scale · combine(shared basis, stacked task vectors) for 2-D keys.
@@ -89,6 +86,9 @@ def merge_in_basis(pretrained: StateDict, finetuned: Sequence[StateDict], key: s
     return add_to_base(pretrained[key], combine(basis, deltas), scale)
 
 
+@register("tsv", params={
+    "scale": Param("float", help="α, the coefficient of the merged task vector (reference: 1.0)"),
+})
 def tsv(pretrained: StateDict, finetuned: Sequence[StateDict], *, scale: float = 1.0) -> MergedState:
     """TSV-M: ΔW = U* diag(ŝ) V*ᵀ per 2-D key, mean elsewhere; θ = θ0 + α·ΔW.
 
