@@ -194,7 +194,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Experime
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return validate_config(raw, source=str(path))
 
 
@@ -220,7 +220,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set raw["a"]["b"] = value for dotted="a.b", creating sections as needed."""
     node = raw
     parts = dotted.split(".")
     for part in parts[:-1]:

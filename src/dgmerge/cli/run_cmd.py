@@ -110,20 +110,45 @@ def evaluate(
         typer.echo(f"| {domain} | {count} | {100 * acc:.1f} |")
 
 
+def sweep(
+    config: Path = typer.Argument(..., help="Experiment YAML with a `sweep:` section (grid and/or trials+space)."),
+) -> None:
+    """Run every hyperparameter variant × seed × test domain; finished jobs are skipped on rerun."""
+    from dgmerge.pipeline.sweep import run_sweep, select_by_validation, sweep_results
+    from dgmerge.reports.table import build_tables, to_markdown
+
+    try:
+        root = run_sweep(config, log=typer.echo)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    rows = select_by_validation(sweep_results(root))
+    if rows:
+        typer.echo("\n".join(to_markdown(t) for t in build_tables(rows)))
+    typer.echo(f"per-job results under {root / 'jobs'}; `dgmerge report {root}` selects by source validation")
+
+
 def report(
-    results: Path = typer.Argument(..., help="A results.jsonl file (or a run directory holding one)."),
+    results: Path = typer.Argument(..., help="A results.jsonl file, a run directory, or a sweep directory."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV here."),
     metric: str = typer.Option("test_acc", help="Row field to tabulate (test_acc or val_acc)."),
+    select: str = typer.Option("val", help="Sweeps: 'val' keeps, per test domain, seed and method, the "
+                               "hyperparameters with the best source-validation accuracy; 'none' keeps all."),
 ) -> None:
     """Print a markdown table: rows = methods, columns = test domains + Avg, mean ± std over seeds."""
     from dgmerge.evaluation.results import read_results
     from dgmerge.pipeline.artifacts import write_text_atomic
+    from dgmerge.pipeline.sweep import select_by_validation, sweep_results
     from dgmerge.reports.table import build_tables, to_csv, to_markdown
 
-    if results.is_dir():
+    if select not in ("val", "none"):
+        _fail(f"--select must be 'val' or 'none', got {select!r}")
+    is_sweep = results.is_dir() and (results / "jobs").is_dir()
+    if results.is_dir() and not is_sweep:
         results = results / "results.jsonl"
     try:
-        rows = read_results(results)
+        rows = sweep_results(results) if is_sweep else read_results(results)
+        if is_sweep and select == "val":
+            rows = select_by_validation(rows)
         tables = build_tables(rows, metric=metric)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -142,4 +167,5 @@ def register(app: typer.Typer) -> None:
     app.command()(demo)
     app.command()(train)
     app.command()(evaluate)
+    app.command()(sweep)
     app.command()(report)
