@@ -1,6 +1,5 @@
 """Sweeps: variants from grid and random search, one job each, resumable, selected by validation."""
 
-from pathlib import Path
 
 import pytest
 import yaml
