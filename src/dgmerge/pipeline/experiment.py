@@ -267,7 +267,7 @@ def _row_ids(cell: Cell, method: str) -> dict[str, Any]:
     cfg = cell.cfg
     hparams = {"train": cfg.train.model_dump(mode="json"), "probe": cfg.probe.model_dump(mode="json"),
                **({"ham": cfg.ham.model_dump(mode="json")} if method == "ham" else {}),
-               "backbone": cfg.backbone.model_dump(mode="json", exclude={"templates"}),
+               "backbone": cfg.backbone.model_dump(mode="json"),
                "train_augment": cfg.data.train_augment}
     split = {"holdout_fraction": cfg.data.holdout_fraction, "trial_seed": cell.seed,
              "split_seed": "seed_hash(trial_seed, domain)", "test_split": cfg.data.test_split,

@@ -16,8 +16,8 @@ TINY_OPEN_CLIP = "dgmerge-test-tiny-vit"
 def shared_root() -> Path | None:
     """shared/ beside the repository (or $DGMERGE_SHARED); None when it is not there."""
     env = os.environ.get("DGMERGE_SHARED")
-    # tests/models/conftest.py -> parents[2] is the repository root; shared/ is its sibling.
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    # tests/conftest.py -> parents[1] is the repository root; shared/ is its sibling.
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
     return path if path.is_dir() else None
 
 
