@@ -66,3 +66,12 @@ def test_override_without_equals_is_an_error():
 def test_non_mapping_yaml_rejected(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_shipped_configs_load_by_name_and_validate():
+    cfg = load_config(Path("pacs_mobilenetv2"))
+    assert cfg.backbone.name == "mobilenetv2_100" and cfg.train.feature_cache == "disk"
+    assert [m.method for m in cfg.merges] == ["average", "task_arithmetic", "ties", "rhm"]
+    assert load_config(Path("clip_vitb16_openclip.yaml")).backbone.kind == "open_clip"
+    with pytest.raises(ConfigError, match="shipped configs: clip_vitb16_openclip, pacs_mobilenetv2"):
+        load_config(Path("no_such_config"))

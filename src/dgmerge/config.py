@@ -179,12 +179,27 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(name_or_path: Path | str) -> Path:
+    """A config file path, or the name of a config shipped with dgmerge (e.g. pacs_mobilenetv2)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file() and path.parent == Path("."):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"no config file {path} (shipped configs: {names})")
+
+
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config, apply dotted overrides, and validate it.
 
     Raises ConfigError naming the file and every bad field, before any work is done.
     """
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:

@@ -68,7 +68,8 @@ def demo(
 
 
 def train(
-    config: Path = typer.Argument(..., help="YAML experiment config (see src/dgmerge/configs/)."),
+    config: Path = typer.Argument(..., help="YAML experiment config, or a shipped one by name: "
+                                  "pacs_mobilenetv2, clip_vitb16_openclip."),
     overrides: list[str] = typer.Option([], "--set", help="Override a field: --set train.lr=1e-4 (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (overrides output_dir)."),
 ) -> None:

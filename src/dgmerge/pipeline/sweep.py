@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from dgmerge.atomic import write_text_atomic
-from dgmerge.config import ConfigError, StrictModel, set_dotted, validate_config
+from dgmerge.config import ConfigError, StrictModel, resolve_config_path, set_dotted, validate_config
 from dgmerge.data.splits import seed_hash
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.experiment import experiment_key, run_experiment
@@ -80,8 +80,9 @@ def variants(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def load_sweep(path: Path) -> tuple[dict[str, Any], SweepSpec]:
     """The base experiment (raw dict) and the sweep section of a sweep YAML file."""
+    path = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read sweep config {path}: {exc}") from exc
     except yaml.YAMLError as exc:
