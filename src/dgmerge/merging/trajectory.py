@@ -68,6 +68,25 @@ class _RunningAverage:
             raise MergeError("the running average has no updates yet; call update(model) first")
         return {k: v.to(self._dtypes[k], copy=True) for k, v in self._avg.items()}
 
+    def export(self) -> dict[str, Any]:
+        """Everything needed to resume (tensors and plain values only, safe for weights_only loads)."""
+        return {"average": {k: v.clone() for k, v in self._avg.items()},
+                "dtypes": {k: str(v).removeprefix("torch.") for k, v in self._dtypes.items()},
+                "updates": self.updates, **self._counters()}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Resume from `export()`."""
+        self._avg = {k: v.clone() for k, v in saved["average"].items()}
+        self._dtypes = {k: getattr(torch, v) if isinstance(v, str) else v for k, v in saved["dtypes"].items()}
+        self.updates = int(saved["updates"])
+        self._restore_counters(saved)
+
+    def _counters(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_counters(self, saved: Mapping[str, Any]) -> None:
+        pass
+
 
 class EMA(_RunningAverage):
     """Exponential moving average: avg ← d·avg + (1 − d)·θ; the first update copies θ."""
@@ -129,15 +148,9 @@ class HistoricalAverage(_RunningAverage):
         self.step = step + 1
         return weight
 
-    def export(self) -> dict[str, Any]:
-        """Everything needed to resume: accumulators, total weight, next step."""
-        return {"average": {k: v.clone() for k, v in self._avg.items()}, "dtypes": dict(self._dtypes),
-                "total_weight": self.total_weight, "step": self.step, "updates": self.updates}
+    def _counters(self) -> dict[str, Any]:
+        return {"total_weight": self.total_weight, "step": self.step}
 
-    def restore(self, saved: Mapping[str, Any]) -> None:
-        """Resume from `export()`."""
-        self._avg = {k: v.clone() for k, v in saved["average"].items()}
-        self._dtypes = dict(saved["dtypes"])
+    def _restore_counters(self, saved: Mapping[str, Any]) -> None:
         self.total_weight = float(saved["total_weight"])
         self.step = int(saved["step"])
-        self.updates = int(saved["updates"])

@@ -23,6 +23,7 @@ from dgmerge.evaluation.accuracy import accuracy
 from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training.batches import BatchStream
+from dgmerge.training.checkpoint import NO_CHECKPOINT, Checkpointer
 
 SELECTION_RULE = "training-domain validation: best mean source out-split accuracy over checkpoints"
 
@@ -49,11 +50,14 @@ def validation_accuracy(model: Classifier, val_sets: dict[str, Dataset], batch_s
 
 
 def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[str, Dataset],
-              cfg: TrainConfig, seed: int, desc: str = "fine-tune") -> TrainResult:
+              cfg: TrainConfig, seed: int, desc: str = "fine-tune",
+              checkpoint: Checkpointer = NO_CHECKPOINT) -> TrainResult:
     """Train `model` in place on `train_sets` and return its best and final weights.
 
     `model` must already have its trainable parameters chosen (see set_trainable).
-    Per-domain training losses are logged at every step for loss-curve figures.
+    Per-domain training losses are logged at every step for loss-curve figures. With a
+    `checkpoint`, the run saves itself every few steps and resumes from the last save, ending
+    with the same weights as an uninterrupted run.
     """
     if not train_sets:
         raise ValueError("fine_tune needs at least one training domain")
@@ -69,8 +73,18 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
 
     history: list[dict[str, Any]] = []
     best_state, best_step, best_acc = _clone_state(model), 0, -1.0
+    first_step = 1
+    saved = checkpoint.load()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        for name, stream in streams.items():
+            stream.load_state_dict(saved["streams"][name])
+        best_state, best_step, best_acc = saved["best_state"], saved["best_step"], saved["best_acc"]
+        history, first_step = saved["history"], saved["step"] + 1
     model.train()
-    for step in progress(range(1, cfg.steps + 1), desc=desc, total=cfg.steps):
+    for step in progress(range(first_step, cfg.steps + 1), desc=desc, total=cfg.steps - first_step + 1):
         batches = [next(stream) for stream in streams.values()]
         images = torch.cat([b[0] for b in batches])
         labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
@@ -95,7 +109,14 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
                 best_state, best_step, best_acc = _clone_state(model), step, record["val_acc"]
             model.train()
         history.append(record)
+        if checkpoint.due(step, cfg.steps):
+            checkpoint.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(),
+                             "streams": {name: stream.state_dict() for name, stream in streams.items()},
+                             "best_state": best_state, "best_step": best_step, "best_acc": best_acc,
+                             "history": history})
 
+    checkpoint.finish()
     return TrainResult(best_state=best_state, final_state=_clone_state(model), best_step=best_step,
                        best_val_acc=best_acc, history=history, wall_time_s=time.perf_counter() - start)
 

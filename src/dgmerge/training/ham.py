@@ -39,6 +39,7 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
+from dgmerge.training.checkpoint import NO_CHECKPOINT, Checkpointer
 from dgmerge.training.finetune import validation_accuracy
 from dgmerge.training.ham_config import HamConfig
 from dgmerge.training.sae import max_confidence, select_confident
@@ -143,7 +144,7 @@ def _with_average(model: nn.Module, average: HistoricalAverage | EMA) -> StateDi
 
 def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: dict[str, Dataset],
               val_sets: dict[str, Dataset], train_cfg: TrainConfig, ham_cfg: HamConfig, seed: int,
-              desc: str = "ham") -> HamResult:
+              desc: str = "ham", checkpoint: Checkpointer = NO_CHECKPOINT) -> HamResult:
     """Train one model per source domain in lockstep with HAM and merge them.
 
     `models_or_theta0`: θ0 (a Classifier with its trainable parameters chosen, see
@@ -151,7 +152,8 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     `train_sets` order, all at the same θ0 (trained in place). `val_sets` are the source
     out-splits: each model's best checkpoint is the one with the best mean accuracy over all of
     them (DomainBed training-domain validation, as fine_tune). The target domain must not be in
-    either dict. Same seed → identical weights.
+    either dict. Same seed → identical weights. With a `checkpoint`, the run saves itself every
+    few steps and resumes from the last save with the same final weights.
     """
     sources = list(train_sets)
     if not sources:
@@ -185,7 +187,12 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
         runs.append(run)
 
     history: list[dict[str, Any]] = []
-    for step in progress(range(1, train_cfg.steps + 1), desc=desc, total=train_cfg.steps):
+    first_step = 1
+    saved = checkpoint.load()
+    if saved is not None:
+        _restore(runs, streams, saved)
+        history, first_step = saved["history"], saved["step"] + 1
+    for step in progress(range(first_step, train_cfg.steps + 1), desc=desc, total=train_cfg.steps - first_step + 1):
         batches = {name: _as_batch(next(stream)) for name, stream in streams.items()}
         record: dict[str, Any] = {"step": step}
         # v̄ from every model's weights before any of them moves in this step.
@@ -204,6 +211,10 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
             for run in runs:
                 record.update(_evaluate(run, val_sets, train_cfg.eval_batch_size, step))
         history.append(record)
+        if checkpoint.due(step, train_cfg.steps):
+            checkpoint.save({"step": step, "history": history, "runs": [_export(run) for run in runs],
+                             "streams": {name: stream.state_dict() for name, stream in streams.items()}})
+    checkpoint.finish()
 
     historical = ({run.name: _with_average(run.model, run.average) for run in runs}
                   if ham_cfg.historical != "none" else None)
@@ -217,6 +228,24 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
                      best_steps={run.name: run.best_step for run in runs},
                      best_val_accs={run.name: run.best_acc for run in runs},
                      history=history, wall_time_s=time.perf_counter() - start)
+
+
+def _export(run: _Source) -> dict[str, Any]:
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "best_state": run.best_state, "best_step": run.best_step,
+            "best_acc": run.best_acc, "average": run.average.export() if run.average is not None else None}
+
+
+def _restore(runs: list[_Source], streams: dict[str, BatchStream], saved: dict[str, Any]) -> None:
+    for run, state in zip(runs, saved["runs"]):
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.best_state, run.best_step, run.best_acc = state["best_state"], state["best_step"], state["best_acc"]
+        if run.average is not None:
+            run.average.restore(state["average"])
+    for name, stream in streams.items():
+        stream.load_state_dict(saved["streams"][name])
 
 
 def merge_sources(theta0_state: StateDict, states: Sequence[StateDict], trainable: Sequence[str],

@@ -1,0 +1,55 @@
+"""Periodic training checkpoints, so an interrupted run resumes where it stopped.
+
+A checkpoint holds everything the next steps depend on: model weights, optimizer and
+schedule states, batch-stream positions, running averages, best checkpoints, the history so
+far and torch's global RNG. It is written atomically and loaded with weights_only=True
+(tensors and plain values only), and deleted once the run has finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgmerge.atomic import atomic_write
+
+
+class Checkpointer:
+    """Save every `every` steps to `path`; `load()` returns the last save or None."""
+
+    def __init__(self, path: Path | None, every: int = 0):
+        self.path = Path(path) if path is not None else None
+        self.every = every
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None and self.every > 0
+
+    def due(self, step: int, total: int) -> bool:
+        # The last step needs no checkpoint: the finished run's results are written instead.
+        return self.enabled and step % self.every == 0 and step < total
+
+    def save(self, payload: dict[str, Any]) -> None:
+        assert self.path is not None
+        payload = {**payload, "rng": torch.get_rng_state()}
+        with atomic_write(self.path) as temp:
+            torch.save(payload, temp)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.enabled or not self.path.is_file():  # type: ignore[union-attr]
+            return None
+        try:
+            payload = torch.load(self.path, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: say which, do not guess
+            raise ValueError(f"cannot resume from {self.path}: {exc}; delete it to start this run afresh") from exc
+        torch.set_rng_state(payload["rng"])
+        return payload
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+NO_CHECKPOINT = Checkpointer(None)

@@ -1,0 +1,109 @@
+"""Killing a run after a checkpoint and resuming it gives the weights of an uninterrupted run."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dgmerge.config import TrainConfig
+from dgmerge.models.classifier import Classifier
+from dgmerge.training.batches import BatchStream
+from dgmerge.training.checkpoint import Checkpointer
+from dgmerge.training.finetune import fine_tune
+from dgmerge.training.ham import train_ham
+from dgmerge.training.ham_config import HamConfig
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfterSave(Checkpointer):
+    """Saves like a Checkpointer, then dies at `kill_step`, as a SIGKILL after the save would."""
+
+    def __init__(self, path, every, kill_step):
+        super().__init__(path, every)
+        self.kill_step = kill_step
+
+    def save(self, payload):
+        super().save(payload)
+        if payload["step"] == self.kill_step:
+            raise Killed
+
+
+def domain(seed: int, n: int = 20, shift: float = 0.0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, -2.0]])
+    return TensorDataset(centers[labels] + shift + 0.7 * torch.randn(n, 2, generator=g), labels)
+
+
+def theta0() -> Classifier:
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 4))
+    head = nn.Linear(4, 3)
+    head.requires_grad_(False)
+    return Classifier(encoder, head)
+
+
+TRAIN = dict(train={"a": domain(0), "b": domain(1, shift=0.5)}, val={"a": domain(2), "b": domain(3)})
+CFG = TrainConfig(steps=9, batch_size=6, lr=2e-2, weight_decay=0.1, eval_every=3)
+
+
+def assert_same_states(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_batch_stream_resumes_mid_pass():
+    data = TensorDataset(torch.arange(10).float(), torch.arange(10))
+    first = BatchStream(data, 3, seed=5)
+    for _ in range(4):
+        next(first)
+    state = first.state_dict()
+    expected = [next(first)[1].tolist() for _ in range(5)]
+    second = BatchStream(data, 3, seed=5)
+    second.load_state_dict(state)
+    assert [next(second)[1].tolist() for _ in range(5)] == expected
+
+
+def test_fine_tune_resume_equals_uninterrupted(tmp_path):
+    full = fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1)
+    path = tmp_path / "erm.ckpt"
+    with pytest.raises(Killed):
+        fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=KillAfterSave(path, 2, 4))
+    assert path.is_file()
+    resumed = fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=Checkpointer(path, 2))
+    assert_same_states(full.final_state, resumed.final_state)
+    assert_same_states(full.best_state, resumed.best_state)
+    assert full.best_step == resumed.best_step
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+    assert not path.exists()  # a finished run leaves no checkpoint behind
+
+
+@pytest.mark.parametrize("historical", ["beta", "ema", "none"])
+def test_ham_resume_equals_uninterrupted(tmp_path, historical):
+    ham = HamConfig(historical=historical, merge_method="rhm", merge_hparams={"trim": 0.2})
+    model = theta0()
+    model.encoder.requires_grad_(True)
+    full = train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2)
+    path = tmp_path / "ham.ckpt"
+    with pytest.raises(Killed):
+        train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2,
+                  checkpoint=KillAfterSave(path, 3, 6))
+    resumed = train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2,
+                        checkpoint=Checkpointer(path, 3))
+    assert_same_states(full.merged_state, resumed.merged_state)
+    for source in ("a", "b"):
+        assert_same_states(full.final_states[source], resumed.final_states[source])
+    assert [h["sign_conflict"] for h in full.history] == [h["sign_conflict"] for h in resumed.history]
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=Checkpointer(path, 2))
