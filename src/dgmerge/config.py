@@ -100,6 +100,9 @@ class TrainConfig(StrictModel):
     feature_cache: Literal["off", "memory", "disk"] = "off"
     feature_cache_dir: Path | None = None
     feature_cache_dtype: Literal["float32", "float16"] = "float32"
+    # Save a resumable checkpoint every N steps (0 = never) under <output_dir>/checkpoints;
+    # a rerun of an interrupted experiment continues from it.
+    checkpoint_every: int = Field(default=0, ge=0)
 
     @field_validator("trainable")
     @classmethod

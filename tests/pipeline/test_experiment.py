@@ -35,10 +35,10 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
     real_fine_tune = experiment.fine_tune
     real_features = experiment.extract_features
 
-    def spy_fine_tune(model, train_sets, val_sets, cfg, seed, desc=""):
+    def spy_fine_tune(model, train_sets, val_sets, cfg, seed, **kwargs):
         for data in [*train_sets.values(), *val_sets.values()]:
             seen_paths.extend(str(p) for p, _ in data.samples)
-        return real_fine_tune(model, train_sets, val_sets, cfg, seed, desc)
+        return real_fine_tune(model, train_sets, val_sets, cfg, seed, **kwargs)
 
     def spy_features(encoder, dataset, *args, **kwargs):
         for part in dataset.datasets:
@@ -127,3 +127,32 @@ def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_data, tmp_path):
     header = log[0].split(",")
     assert {"tau/noisy", "tau/solid", "borrow/noisy<-solid", "loss_sign/solid", "sign_conflict"} <= set(header)
     assert len(log) == 1 + cfg.train.steps
+
+
+def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
+    from dgmerge.training.checkpoint import Checkpointer
+
+    class Killed(Exception):
+        pass
+
+    def run(out, kill):
+        cfg = config(tiny_data, out, methods=["erm"])
+        cfg.train.steps, cfg.train.checkpoint_every = 4, 2
+        original = Checkpointer.save
+
+        def save_then_die(self, payload):
+            original(self, payload)
+            if kill:
+                raise Killed
+
+        monkeypatch.setattr(Checkpointer, "save", save_then_die)
+        return experiment.run_experiment(cfg, log=lambda _: None)
+
+    (uninterrupted,) = run(tmp_path / "a", kill=False)
+    with pytest.raises(Killed):
+        run(tmp_path / "b", kill=True)
+    assert list((tmp_path / "b" / "checkpoints").rglob("erm.pt"))
+    (resumed,) = run(tmp_path / "b", kill=False)
+    assert resumed["test_acc"] == pytest.approx(uninterrupted["test_acc"])
+    assert resumed["best_step"] == uninterrupted["best_step"]
+    assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt"))

@@ -32,6 +32,7 @@ from dgmerge.models.stages import Cut, StageEncoder, first_trainable_block
 from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_history, save_model
 from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
+from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.ham import train_ham
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.probe import extract_features, fit_linear_probe
@@ -65,7 +66,8 @@ def experiment_key(cfg: ExperimentConfig) -> str:
     payload = cfg.model_dump(mode="json", exclude={"seeds", "methods", "output_dir", "name", "save_models"})
     # Settings that change speed, not results, stay out of the key.
     for section, name in (("data", "test_domains"), ("data", "num_workers"), ("data", "cache_images"),
-                          ("train", "feature_cache"), ("train", "feature_cache_dir")):
+                          ("train", "feature_cache"), ("train", "feature_cache_dir"),
+                          ("train", "checkpoint_every")):
         payload[section].pop(name, None)
     return config_hash(payload)
 
@@ -234,7 +236,8 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
         start = time.perf_counter()
         theta = copy_model(cell.theta0)
         set_trainable(theta, cell.backbone, cfg.train.trainable, cfg.train.train_head)
-        result = train_ham(theta, cell.train_sets, cell.val_sets, cfg.train, cfg.ham, cell.seed)
+        result = train_ham(theta, cell.train_sets, cell.val_sets, cfg.train, cfg.ham, cell.seed,
+                           checkpoint=_checkpointer(cell, "ham"))
         save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / "ham.csv", result.history)
         merged = copy_model(cell.theta0)
         merged.load_state_dict(result.merged_state)
@@ -246,11 +249,18 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
 def _train(cell: Cell, train_sets: dict[str, Dataset], desc: str) -> tuple[Classifier, TrainResult]:
     model = copy_model(cell.theta0)
     set_trainable(model, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
-    result = fine_tune(model, train_sets, cell.val_sets, cell.cfg.train, cell.seed, desc=desc)
-    model.load_state_dict(result.best_state)
     name = desc.replace(" ", "_")
+    result = fine_tune(model, train_sets, cell.val_sets, cell.cfg.train, cell.seed, desc=desc,
+                       checkpoint=_checkpointer(cell, name))
+    model.load_state_dict(result.best_state)
     save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / f"{name}.csv", result.history)
     return model, result
+
+
+def _checkpointer(cell: Cell, name: str) -> Checkpointer:
+    """Where this run's resumable state goes; keyed by the experiment so configs never mix."""
+    path = cell.cfg.output_dir / "checkpoints" / cell.job / f"seed{cell.seed}" / cell.test_domain / f"{name}.pt"
+    return Checkpointer(path, cell.cfg.train.checkpoint_every)
 
 
 def _trained_keys(cell: Cell) -> list[str]:
