@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = init_from_env(args.backend, datetime.timedelta(minutes=args.timeout_min))
     try:
         run(cfg, args.test_domain, seed, device, force=args.force)
+        # Rank 0 evaluates while the others wait here: tearing the group down under a peer
+        # that still uses it can abort that peer (gloo).
+        dist.barrier()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error (rank {dist.get_rank()}): {exc}", file=sys.stderr)
         return 2

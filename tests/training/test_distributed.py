@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dgmerge.config import TrainConfig
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
 from dgmerge.models.classifier import Classifier
 from dgmerge.training.ham import HamConfig, train_ham
 
@@ -78,6 +81,8 @@ def _worker(rank: int, world: int, port: int, n_sources: int, ham_cfg: HamConfig
                         "best_steps": result.best_steps, "history": result.history}, out)
         else:
             assert result is None
+        # Nobody tears the group down while a peer still uses it (gloo can abort the late rank).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -137,3 +142,44 @@ def test_world_size_must_equal_number_of_sources(tmp_path: Path):
             train_ham_distributed(theta0(), train, val, CFG, HAM, seed=0)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path):
+    """`torchrun -m dgmerge.train` on tiny generated images: same row as `dgmerge train` with methods [ham]."""
+    from dgmerge.data.synthetic import generate_synthetic
+    from dgmerge.evaluation.results import read_results
+    from dgmerge.merging import load_state_dict
+    from dgmerge.pipeline.experiment import run_experiment
+
+    root = tmp_path / "data"
+    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
+    cfg = ExperimentConfig(output_dir=tmp_path / "dist", seeds=[0], methods=["ham"],
+                           data=DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
+                           backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
+                           probe=ProbeConfig(epochs=5, batch_size=32),
+                           train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64))
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "dgmerge.train", str(path),
+                "--test-domain", "outline", "--seed", "0"]
+    env = {**os.environ, "DGMERGE_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "[skip]" in again.stdout, again.stderr[-3000:]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_experiment(cfg.model_copy(update={"output_dir": tmp_path / "single"}), log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    [row] = read_results(tmp_path / "dist" / "results.jsonl")
+    assert row["method"] == "ham" and row["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert row["test_acc"] == pytest.approx(single[0]["test_acc"], abs=1e-6)
+    assert row["experiment_key"] == single[0]["experiment_key"]
+    merged = [load_state_dict(tmp_path / run / "models" / "seed0" / "outline" / "ham.safetensors")
+              for run in ("dist", "single")]
+    assert close(*merged)
