@@ -24,8 +24,14 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_model
 from dgmerge.reports.ablations import ablation_markdown, variant_label
-from dgmerge.reports.figures import (ham_diagnostics, lookup, loss_curves, plot_sensitivity, running_mean,
-                                     sensitivity)
+from dgmerge.reports.figures import (
+    ham_diagnostics,
+    lookup,
+    loss_curves,
+    plot_sensitivity,
+    running_mean,
+    sensitivity,
+)
 from dgmerge.reports.run_figures import write_run_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

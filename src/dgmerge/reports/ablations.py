@@ -7,7 +7,8 @@ the variants become separate rows of an ordinary results table.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from dgmerge.reports.table import Table, build_tables, to_markdown
 

@@ -8,14 +8,21 @@ so a partial or baseline-only run still gets the figures it can have.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from dgmerge.atomic import write_text_atomic
 from dgmerge.evaluation.results import read_results
 from dgmerge.reports.ablations import ablation_tables, variant_label
-from dgmerge.reports.figures import check_writable, ham_diagnostics, loss_curves, plot_sensitivity, sensitivity
+from dgmerge.reports.figures import (
+    check_writable,
+    ham_diagnostics,
+    loss_curves,
+    plot_sensitivity,
+    sensitivity,
+)
 from dgmerge.reports.table import build_tables, to_markdown
 
 Log = Callable[[str], None]
@@ -86,7 +93,7 @@ def write_run_figures(run_dir: Path, out_dir: Path | None = None, *, tsne: bool 
             stem = "loss_curves" if name == "erm" else "ham_diagnostics"
             out = out_dir / f"{stem}_seed{seed}_{_slug(domain)}.png"
             plot = loss_curves if name == "erm" else ham_diagnostics
-            attempt(str(out), lambda p=path, o=out, s=seed, d=domain, f=plot, t=title:  # noqa: E731
+            attempt(str(out), lambda p=path, o=out, s=seed, d=domain, f=plot, t=title:
                     f(p, o, smooth=smooth, title=f"{t} · seed {s} · test domain {d}", force=force))
 
     rows = _rows(run_dir, report)
@@ -179,4 +186,4 @@ def _write_report(rows: list[dict[str, Any]], out_dir: Path, figures: list[Path]
     return path
 
 
-__all__ = ["FiguresReport", "SENSITIVITIES", "write_run_figures"]
+__all__ = ["SENSITIVITIES", "FiguresReport", "write_run_figures"]
