@@ -89,8 +89,16 @@ def _worker(rank: int, world: int, port: int, n_sources: int, ham_cfg: HamConfig
 
 def run_distributed(tmp_path: Path, n_sources: int, ham_cfg: HamConfig, seed: int) -> dict:
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(n_sources, free_port(), n_sources, ham_cfg, seed, str(out)), nprocs=n_sources,
-             join=True)
+    try:
+        mp.spawn(_worker, args=(n_sources, free_port(), n_sources, ham_cfg, seed, str(out)), nprocs=n_sources,
+                 join=True)
+    except mp.ProcessExitedException:
+        # A worker killed by a signal (not a Python error: those raise ProcessRaisedException and
+        # fail the test) has been seen once, as gloo tore down a late rank on a loaded 2-core
+        # machine. One retry on a fresh port keeps CI honest about logic errors, not about load.
+        out.unlink(missing_ok=True)
+        mp.spawn(_worker, args=(n_sources, free_port(), n_sources, ham_cfg, seed, str(out)), nprocs=n_sources,
+                 join=True)
     return torch.load(out)
 
 
