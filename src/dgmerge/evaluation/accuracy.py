@@ -16,9 +16,11 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 128, num_worke
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Inputs follow the model (a GPU rank in distributed training), predictions come back to the CPU.
+    device = next(model.parameters(), torch.empty(0)).device
     preds, labels = [], []
     for images, targets in progress(loader, desc=desc or "evaluating", total=len(loader)):
-        preds.append(model(images).argmax(dim=1))
+        preds.append(model(images.to(device)).argmax(dim=1).cpu())
         labels.append(torch.as_tensor(targets))
     model.train(was_training)
     if not preds:
