@@ -69,7 +69,7 @@ def ham_log(path: Path, steps: int = 8) -> Path:
     for step in range(1, steps + 1):
         rec = {"step": step, "sign_conflict": 0.5 - 0.01 * step}
         for src, other in (("noisy", "outline"), ("outline", "noisy")):
-            rec.update({f"tau/{src}": 0.6 + 0.01 * step, f"loss_ce/{src}": 1.0, f"loss_sign/{src}": 0.1,
+            rec.update({f"tau/{src}": 0.6 + 0.01 * step, f"sign_conflict/{src}": 0.5, f"loss_ce/{src}": 1.0, f"loss_sign/{src}": 0.1,
                         f"borrow/{src}<-{other}": step % 3})
         records.append(rec)
     return write_csv(path, records)
@@ -131,7 +131,7 @@ def test_ham_diagnostics_panels(tmp_path):
     assert_png(out)
     assert sorted(plotted.data["tau"]) == ["noisy", "outline"]
     assert sorted(plotted.data["borrow"]) == ["noisy<-outline", "outline<-noisy"]
-    assert [len(ax.get_lines()) for ax in plotted.figure.axes] == [2, 2, 1]
+    assert [len(ax.get_lines()) for ax in plotted.figure.axes] == [2, 2, 3]
     assert plotted.data["sign_conflict"]["mean"][1][0] == pytest.approx(0.49)
 
 

@@ -131,7 +131,8 @@ def ham_diagnostics(history_path: Path, out: Path, smooth: int = 1, title: str |
                     force: bool = False) -> Plotted:
     """HAM training diagnostics from ham.csv: τ_i per source, borrowed samples per pair, sign conflicts.
 
-    Three panels over steps; the borrow counts (`borrow/<i><-<j>`) and the sign-conflict rate
+    Three panels over steps; the sign-conflict panel shows the mean and, when logged, each
+    source's rate (`sign_conflict/<src>`). The borrow counts (`borrow/<i><-<j>`) and the sign-conflict rate
     are smoothed by a running mean of `smooth` steps. `data` holds the plotted series.
     """
     check_writable(out, force)
@@ -142,7 +143,9 @@ def ham_diagnostics(history_path: Path, out: Path, smooth: int = 1, title: str |
     panels = {
         "tau": _series(history, "tau/"),
         "borrow": _series(history, "borrow/"),
-        "sign_conflict": {"mean": history["sign_conflict"]} if "sign_conflict" in history else {},
+        # The mean over sources plus each source's own rate against the mean update.
+        "sign_conflict": ({"mean": history["sign_conflict"]} if "sign_conflict" in history else {})
+        | _series(history, "sign_conflict/"),
     }
     if not any(panels.values()):
         raise ValueError(f"{history_path} has no tau/, borrow/ or sign_conflict columns")
@@ -158,7 +161,7 @@ def ham_diagnostics(history_path: Path, out: Path, smooth: int = 1, title: str |
         for name, values in sorted(series.items()):
             keep = ~np.isnan(values)
             data[key][name] = (steps[keep], running_mean(values[keep], window))
-            ax.plot(*data[key][name], label=name)
+            ax.plot(*data[key][name], label=name, linewidth=2.5 if name == "mean" else 1.2)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
