@@ -9,7 +9,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["report"], ["data"],
-                                     ["data", "check"], ["merge"], ["inspect"]])
+                                     ["data", "check"], ["merge"], ["inspect"], ["sweep"], ["figures"]])
 def test_help_everywhere(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
