@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dgmerge.training.ham_config import HamConfig
 
@@ -137,6 +137,14 @@ class MergeSpec(StrictModel):
             raise ValueError(f"{value} needs data statistics or an evaluation callback; "
                              "use the dgmerge.merging API for it")
         return value
+
+    @model_validator(mode="after")
+    def _hparams_accepted(self) -> "MergeSpec":
+        # Caught here, not after hours of training when the merge finally runs.
+        from dgmerge.merging import get_method
+
+        get_method(self.method).check_hparams(self.hparams)
+        return self
 
     @property
     def name(self) -> str:

@@ -113,6 +113,10 @@ def test_merges_are_validated_in_the_config():
         MergeSpec(method="soup")
     with pytest.raises(ValueError, match="statistics"):
         MergeSpec(method="regmean")
+    with pytest.raises(ValueError, match="keep"):
+        MergeSpec(method="ties", hparams={"keep": 1.5})
+    with pytest.raises(ValueError, match="kep"):
+        MergeSpec(method="ties", hparams={"kep": 0.2})
     with pytest.raises(ValueError, match="distinct label"):
         ExperimentConfig(merges=[MergeSpec(method="ties"), MergeSpec(method="ties")])
 
