@@ -48,3 +48,15 @@ def test_train_reports_missing_dataset_dir(tmp_path):
     result = runner.invoke(app, ["train", str(config)])
     assert result.exit_code == 2
     assert str(tmp_path / "PACS") in result.output
+
+
+def test_report_with_figures_writes_the_run_figures(tmp_path):
+    rows = [{"dataset": "PACS", "method": "erm", "test_domain": "sketch", "seed": 0, "test_acc": 0.5, "val_acc": 0.7}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = tmp_path / "logs" / "seed0" / "sketch" / "erm.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("step,loss,loss/photo,loss/cartoon\n" + "".join(f"{s},{1 / s},{1 / s},{2 / s}\n" for s in range(1, 6)))
+    result = runner.invoke(app, ["report", str(tmp_path), "--figures"])
+    assert result.exit_code == 0, result.output
+    pngs = list((tmp_path / "figures").glob("loss_curves*.png"))
+    assert pngs and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -134,6 +134,8 @@ def report(
     metric: str = typer.Option("test_acc", help="Row field to tabulate (test_acc or val_acc)."),
     select: str = typer.Option("val", help="Sweeps: 'val' keeps, per test domain, seed and method, the "
                                "hyperparameters with the best source-validation accuracy; 'none' keeps all."),
+    figures: bool = typer.Option(False, "--figures", help="Also write the figures of the run directory "
+                                 "(of every job, for a sweep) into its figures/ folder, as `dgmerge figures`."),
 ) -> None:
     """Print a markdown table: rows = methods, columns = test domains + Avg, mean ± std over seeds."""
     from dgmerge.evaluation.results import read_results
@@ -161,6 +163,13 @@ def report(
     if csv_path is not None:
         write_text_atomic(csv_path, to_csv(tables))
         typer.echo(f"CSV written to {csv_path}")
+    if figures:
+        from dgmerge.reports.run_figures import write_run_figures
+
+        run_dirs = sorted(p.parent for p in results.glob("jobs/*/results.jsonl")) if is_sweep else [results.parent]
+        for run_dir in run_dirs:
+            written = write_run_figures(run_dir, log=typer.echo).written
+            typer.echo(f"{len(written)} figure file(s) in {run_dir / 'figures'}")
 
 
 def register(app: typer.Typer) -> None:
