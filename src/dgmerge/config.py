@@ -205,20 +205,26 @@ def resolve_config_path(name_or_path: Path | str) -> Path:
     raise ConfigError(f"no config file {path} (shipped configs: {names})")
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply dotted overrides, and validate it.
-
-    Raises ConfigError naming the file and every bad field, before any work is done.
-    """
-    path = resolve_config_path(path)
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError naming the file otherwise."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply dotted overrides, and validate it.
+
+    Raises ConfigError naming the file and every bad field, before any work is done.
+    """
+    path = resolve_config_path(path)
+    raw = read_yaml_mapping(path)
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return validate_config(raw, source=str(path))

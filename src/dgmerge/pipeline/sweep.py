@@ -16,11 +16,11 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from pydantic import Field, field_validator
 
 from dgmerge.atomic import write_text_atomic
-from dgmerge.config import ConfigError, StrictModel, resolve_config_path, set_dotted, validate_config
+from dgmerge.config import (ConfigError, StrictModel, read_yaml_mapping, resolve_config_path, set_dotted,
+                             validate_config)
 from dgmerge.data.splits import seed_hash
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.experiment import experiment_key, run_experiment
@@ -81,14 +81,7 @@ def variants(spec: SweepSpec) -> list[dict[str, Any]]:
 def load_sweep(path: Path) -> tuple[dict[str, Any], SweepSpec]:
     """The base experiment (raw dict) and the sweep section of a sweep YAML file."""
     path = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of fields")
+    raw = read_yaml_mapping(path)
     try:
         spec = SweepSpec.model_validate(raw.pop("sweep", {}) or {})
     except Exception as exc:  # pydantic's message names the field

@@ -38,8 +38,8 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
-from dgmerge.training.ham import (HamResult, _as_batch, _average, _clone_state, _evaluate, _Source,
-                                  _source_step, _trainable_state, _with_average, merge_sources, stream_seed)
+from dgmerge.training.ham import (HamResult, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
+                                  _with_average, merge_sources, new_source_run, stream_seed)
 from dgmerge.training.ham_config import HamConfig
 
 StateDict = dict[str, Tensor]
@@ -163,14 +163,7 @@ def train_ham_distributed(theta0: Classifier, train_sets: dict[str, Dataset], va
     # Seeded as train_ham seeds it, so this rank's stream is the one train_ham draws for `own`.
     torch.manual_seed(seed)
     stream = BatchStream(train_sets[own], train_cfg.batch_size, seed=stream_seed(seed, rank, ham_cfg.batch_seeds))
-    params = list(_trainable_state(model, names).values())
-    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps)
-    run = _Source(own, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg.steps),
-                  best_state=_clone_state(model))
-    if run.average is not None:
-        run.average.update(_trainable_state(model, names))
-    model.train()
+    run = new_source_run(own, model, names, train_cfg, ham_cfg)
 
     history: list[dict[str, Any]] = []
     for step in progress(range(1, train_cfg.steps + 1), desc=f"{desc} [{own}]", total=train_cfg.steps):
@@ -191,7 +184,7 @@ def train_ham_distributed(theta0: Classifier, train_sets: dict[str, Dataset], va
             weight = run.average.update(_trainable_state(model, names))
             if isinstance(run.average, HistoricalAverage):
                 record["hist_weight"] = weight
-        record["lr"] = scheduler.get_last_lr()[0]
+        record["lr"] = run.scheduler.get_last_lr()[0]
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
             record.update(_evaluate(run, val_sets, train_cfg.eval_batch_size, step))
         history.append(record)

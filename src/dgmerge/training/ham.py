@@ -128,6 +128,21 @@ def _average(ham_cfg: HamConfig, total_steps: int) -> HistoricalAverage | EMA | 
     return None
 
 
+def new_source_run(name: str, model: Classifier, names: list[str], train_cfg: TrainConfig,
+                   ham_cfg: HamConfig) -> _Source:
+    """One source's model with its AdamW, cosine schedule, running average and best checkpoint."""
+    params = list(_trainable_state(model, names).values())
+    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps)
+    run = _Source(name, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg.steps),
+                  best_state=_clone_state(model))
+    if run.average is not None:
+        # θ0 is the trajectory's first point (t = 0), as in CLIPood's GeneralMovingAverage.
+        run.average.update(_trainable_state(model, names))
+    model.train()
+    return run
+
+
 def _trainable_state(model: nn.Module, names: list[str]) -> dict[str, Tensor]:
     params = dict(model.named_parameters())
     return {n: params[n] for n in names}
@@ -173,18 +188,7 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     torch.manual_seed(seed)
     streams = {name: BatchStream(data, train_cfg.batch_size, seed=stream_seed(seed, j, ham_cfg.batch_seeds))
                for j, (name, data) in enumerate(train_sets.items())}
-    runs: list[_Source] = []
-    for name, model in zip(sources, models):
-        params = list(_trainable_state(model, names).values())
-        optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps)
-        run = _Source(name, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg.steps),
-                      best_state=_clone_state(model))
-        if run.average is not None:
-            # θ0 is the trajectory's first point (t = 0), as in CLIPood's GeneralMovingAverage.
-            run.average.update(_trainable_state(model, names))
-        model.train()
-        runs.append(run)
+    runs = [new_source_run(name, model, names, train_cfg, ham_cfg) for name, model in zip(sources, models)]
 
     history: list[dict[str, Any]] = []
     first_step = 1
