@@ -22,6 +22,8 @@ def atomic_write(final: Path) -> Iterator[Path]:
     temp = Path(name)
     try:
         yield temp
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)
@@ -32,3 +34,9 @@ def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_write(path) as temp:
         temp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
