@@ -76,17 +76,3 @@ def test_shipped_configs_load_by_name_and_validate():
     with pytest.raises(ConfigError, match="shipped configs: clip_vitb16_openclip, pacs_mobilenetv2"):
         load_config(Path("no_such_config"))
 
-
-def test_atomic_writes_get_ordinary_permissions(tmp_path):
-    import os
-    import stat
-
-    from dgmerge.atomic import write_text_atomic
-
-    mask = os.umask(0o022)
-    try:
-        path = write_text_atomic(tmp_path / "report.md", "x")
-    finally:
-        os.umask(mask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
