@@ -168,8 +168,21 @@ def report(
 
         run_dirs = sorted(p.parent for p in results.glob("jobs/*/results.jsonl")) if is_sweep else [results.parent]
         for run_dir in run_dirs:
-            written = write_run_figures(run_dir, log=typer.echo).written
-            typer.echo(f"{len(written)} figure file(s) in {run_dir / 'figures'}")
+            made = write_run_figures(run_dir, data_dir=_dataset_dir(run_dir), log=typer.echo)
+            for note in made.notes:
+                typer.echo(f"  note: {note}")
+            typer.echo(f"{len(made.written)} figure file(s) in {run_dir / 'figures'}")
+
+
+def _dataset_dir(run_dir: Path) -> Optional[Path]:
+    """The dataset a sweep job ran on (from its config.json), for figures that need images."""
+    import json
+
+    try:
+        data = json.loads((run_dir / "config.json").read_text())["config"]["data"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return Path(data["root"]) / data["dataset"]
 
 
 def register(app: typer.Typer) -> None:
