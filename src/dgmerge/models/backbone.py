@@ -40,6 +40,14 @@ class Backbone:
     def has_text_head(self) -> bool:
         return self.text_head is not None
 
+    def preprocessing(self) -> Callable:
+        """The encoder's own eval preprocessing, or resize + center crop + normalise with its stats."""
+        if self.eval_transform is not None:
+            return self.eval_transform
+        from dgmerge.data.transforms import eval_transform
+
+        return eval_transform(self.image_size, self.mean, self.std)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(images)

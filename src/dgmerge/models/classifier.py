@@ -68,11 +68,21 @@ def trainable_encoder_names(encoder: nn.Module, backbone: Backbone, spec: str) -
     raise ValueError(f"unknown trainable spec {spec!r}: use all, none, norms_biases or last:N")
 
 
+def trainable_names(model: Classifier, backbone: Backbone, spec: str, train_head: bool = False) -> list[str]:
+    """State-dict names of the parameters `spec` (and `train_head`) would train, in model order.
+
+    Pure: the model is not touched, so callers that only need the names need no copy.
+    """
+    chosen = set(trainable_encoder_names(model.encoder, backbone, spec))
+    return [n for n, _ in model.named_parameters()
+            if (n.startswith("encoder.") and n.removeprefix("encoder.") in chosen)
+            or (train_head and n.startswith("head."))]
+
+
 def set_trainable(model: Classifier, backbone: Backbone, spec: str, train_head: bool = False) -> list[str]:
     """Freeze everything except the parameters `spec` selects; returns the trainable names."""
-    chosen = set(trainable_encoder_names(model.encoder, backbone, spec))
-    for name, param in model.encoder.named_parameters():
+    names = trainable_names(model, backbone, spec, train_head)
+    chosen = set(names)
+    for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
-    for param in model.head.parameters():
-        param.requires_grad_(train_head)
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    return names

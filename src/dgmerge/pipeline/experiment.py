@@ -21,13 +21,13 @@ from dgmerge.config import ExperimentConfig
 from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset, scan_domains
-from dgmerge.data.transforms import eval_transform, train_transform
+from dgmerge.data.transforms import train_transform
 from dgmerge.evaluation.accuracy import accuracy
 from dgmerge.evaluation.results import append_result, config_hash, make_row, read_results
 from dgmerge.merging.scope import merge_subset
 from dgmerge.models import load_backbone
 from dgmerge.models.backbone import Backbone
-from dgmerge.models.classifier import Classifier, set_trainable, trainable_encoder_names
+from dgmerge.models.classifier import Classifier, set_trainable, trainable_encoder_names, trainable_names
 from dgmerge.models.stages import Cut, StageEncoder, first_trainable_block
 from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_history, save_model
@@ -114,7 +114,7 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
     envs.check_no_leak()
     torch.manual_seed(seed)
     backbone = load_backbone(cfg.backbone)
-    eval_tf = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    eval_tf = backbone.preprocessing()
     train_tf = train_transform(backbone.image_size, backbone.mean, backbone.std) if cfg.data.train_augment else eval_tf
     mode = cfg.data.on_bad_image
 
@@ -265,8 +265,7 @@ def _checkpointer(cell: Cell, name: str) -> Checkpointer:
 
 def _trained_keys(cell: Cell) -> list[str]:
     """State-dict keys of the parameters that fine-tuning changes (the tensors worth merging)."""
-    probe = copy_model(cell.theta0)
-    return set_trainable(probe, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
+    return trainable_names(cell.theta0, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
 
 
 def _train_extra(result: TrainResult) -> dict[str, Any]:

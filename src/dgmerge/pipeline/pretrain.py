@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.data.cache import InMemoryDataset
-from dgmerge.data.transforms import eval_transform
 from dgmerge.models import load_backbone
 from dgmerge.atomic import atomic_write
 from dgmerge.progress import progress
@@ -34,7 +33,7 @@ def pretrain_backbone(dataset_dir: Path, cfg: BackboneConfig, out_path: Path, st
     samples = [s for domain in index.domains for s in index.samples[domain]]
     # The generator already varies position, scale, rotation and colour, so the deterministic
     # eval transform suffices, and decoded images can stay in memory across steps.
-    transform = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    transform = backbone.preprocessing()
     data = InMemoryDataset(ImageDataset(samples, transform))
     stream = BatchStream(data, batch_size, seed=seed)
     head = torch.nn.Linear(backbone.feature_dim, len(index.classes))

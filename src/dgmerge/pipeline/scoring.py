@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
-from dgmerge.data.transforms import eval_transform
 from dgmerge.evaluation.accuracy import accuracy
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
@@ -43,7 +42,7 @@ def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[s
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the {cfg.kind}:{cfg.name} architecture of its metadata: "
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    transform = backbone.eval_transform or eval_transform(backbone.image_size, backbone.mean, backbone.std)
+    transform = backbone.preprocessing()
     return model.eval(), meta, transform
 
 
