@@ -32,12 +32,13 @@ def _root(
 def _register_commands() -> None:
     # Each module adds its own commands; importing here keeps `dgmerge --help` the one
     # place where the full command list is assembled.
-    from dgmerge.cli import data_cmd, figures_cmd, merge_cmd, run_cmd
+    from dgmerge.cli import bench_cmd, data_cmd, figures_cmd, merge_cmd, run_cmd
 
     data_cmd.register(app)
     run_cmd.register(app)
     merge_cmd.register(app)
     figures_cmd.register(app)
+    bench_cmd.register(app)
 
 
 _register_commands()
