@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from dgmerge.config import BackboneConfig
-from dgmerge.gating.combine import (base_merge, build_gated, candidate_modules, candidate_similarities,
-                                    collect_pointwise_gram, gated_module_names, least_similar, regmean_cnn)
+from dgmerge.gating.combine import (
+    base_merge,
+    build_gated,
+    candidate_modules,
+    candidate_similarities,
+    collect_pointwise_gram,
+    gated_module_names,
+    least_similar,
+    regmean_cnn,
+)
 from dgmerge.gating.counting import count_macs, model_cost
 from dgmerge.gating.gate import Gate, gate_fraction, new_gate, train_gate
 from dgmerge.models import load_backbone
@@ -58,7 +66,7 @@ def _gated(backbone, theta0, experts, m: int, *, gate_norms: bool = True, mode: 
 
 
 def test_candidates_and_selection_pick_the_least_similar_blocks():
-    backbone, theta0, experts = _experts()
+    backbone, theta0, _ = _experts()
     cands = candidate_modules(theta0.encoder, backbone.blocks, backbone.tail, _trained_names(theta0.encoder))
     assert list(cands) == ["blocks.2", "blocks.3"]
     assert least_similar({"a": 0.9, "b": 0.1, "c": 0.5}, 2) == ["b", "c"]

@@ -12,7 +12,8 @@ trained is merged by AvgMean, Task Arithmetic or RegMean; frozen tensors stay θ
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -102,9 +103,10 @@ def gated_module_names(encoder: nn.Module, candidates: dict[str, list[str]], cho
     if gate_norms and chosen:
         trained = set(trained)
         for name, module in encoder.named_modules():
-            if isinstance(module, NORM_TYPES) and not any(name == n or name.startswith(n + ".") for n in names):
-                if any(f"{name}.{p}" in trained for p, _ in module.named_parameters(recurse=False)):
-                    names.append(name)
+            inside = any(name == n or name.startswith(n + ".") for n in names)
+            if (isinstance(module, NORM_TYPES) and not inside
+                    and any(f"{name}.{p}" in trained for p, _ in module.named_parameters(recurse=False))):
+                names.append(name)
     return names
 
 

@@ -13,7 +13,7 @@ Conventions (stated in BENCHMARKS.md next to the tables):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

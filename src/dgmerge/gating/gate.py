@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class Gate(nn.Module):
         feats = run_from(self.encoder, self.cut, inputs) if self.cut is not None else self.encoder(inputs)
         return self.linear(feats)
 
-    def train(self, mode: bool = True) -> "Gate":
+    def train(self, mode: bool = True) -> Gate:
         # BatchNorm statistics stay θ0's (as for the experts): the gate shares the frozen prefix.
         super().train(mode)
         for module in self.modules():

@@ -13,7 +13,7 @@ scattered into that space, with -inf elsewhere, so argmax is a class name.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
