@@ -112,7 +112,7 @@ class TrainConfig(StrictModel):
         return value
 
 
-Method = Literal["zero_shot", "erm", "single_source", "merge", "ham"]
+Method = Literal["zero_shot", "erm", "single_source", "merge", "ham", "ham_variants"]
 
 # Methods that need data statistics or an evaluation callback, not just the models.
 MERGES_NEEDING_DATA = ("regmean", "fisher", "greedy_soup")
@@ -151,6 +151,18 @@ class MergeSpec(StrictModel):
         return self.label or self.method
 
 
+class HamVariant(StrictModel):
+    """A HAM ablation or tuning point: `set` overrides fields of the experiment's `ham` section.
+
+    Variants that change only how the trained models are merged (merge_method, merge_hparams,
+    merge_scope, or historical: none = merge the best checkpoints) reuse HAM's training in the
+    same cell instead of training again; the others train their own N_S models.
+    """
+
+    label: str = Field(pattern=r"^[A-Za-z0-9_.+=-]+$")
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentConfig(StrictModel):
     """One leave-one-domain-out experiment: data, backbone, training and the methods to run."""
 
@@ -167,6 +179,12 @@ class ExperimentConfig(StrictModel):
     )
     # Merges of the single-source models run by method "merge" (over the trained tensors only).
     merges: list[MergeSpec] = Field(default_factory=lambda: [MergeSpec(method="average")], min_length=1)
+    # Rows ham:<label> of method "ham_variants" (ablations, tuning points), each a HamConfig
+    # made of `ham` plus the variant's overrides.
+    ham_variants: list[HamVariant] = Field(default_factory=list)
+    # Which variants method "ham_variants" runs: all, only those reusing HAM's training (free:
+    # a merge and an evaluation each), or only those that train their own models.
+    ham_variant_runs: Literal["all", "reuse", "train"] = "all"
     # Save every trained model (safetensors, with its config in the metadata) under output_dir.
     save_models: bool = True
 
@@ -176,6 +194,22 @@ class ExperimentConfig(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError(f"methods are listed twice: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> "ExperimentConfig":
+        labels = [v.label for v in self.ham_variants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ham_variants labels repeat: {labels}")
+        for variant in self.ham_variants:
+            try:
+                self.variant_config(variant)
+            except ValueError as err:
+                raise ValueError(f"ham_variants[{variant.label}]: {err}") from None
+        return self
+
+    def variant_config(self, variant: HamVariant) -> HamConfig:
+        """The full HamConfig of one variant: `ham` with the variant's overrides applied."""
+        return HamConfig(**{**self.ham.model_dump(), **variant.set})
 
     @field_validator("merges")
     @classmethod

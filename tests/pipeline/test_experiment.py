@@ -160,3 +160,48 @@ def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_data, tmp_path,
     assert resumed["test_acc"] == pytest.approx(uninterrupted["test_acc"])
     assert resumed["best_step"] == uninterrupted["best_step"]
     assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt"))
+
+
+def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_data, tmp_path, monkeypatch):
+    from dgmerge.config import HamVariant
+
+    trained: list[dict] = []
+    real = experiment.train_ham
+
+    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
+        trained.append(ham_cfg.model_dump())
+        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
+
+    monkeypatch.setattr(experiment, "train_ham", spy)
+    variants = [HamVariant(label="ties", set={"merge_method": "ties", "merge_hparams": {"keep": 0.2}}),
+                HamVariant(label="best", set={"historical": "none"}),
+                HamVariant(label="no-sae", set={"sae": False}),
+                HamVariant(label="same", set={})]
+    cfg = config(tiny_data, tmp_path / "run", methods=["ham", "ham_variants"], ham_variants=variants)
+    rows = {r["method"]: r for r in experiment.run_experiment(cfg, log=lambda _: None)}
+    assert list(rows) == ["ham", "ham:ties", "ham:best", "ham:no-sae", "ham:same"]
+    # One HAM training serves ham, ties, best and same; only no-sae trains again.
+    assert [t["sae"] for t in trained] == [True, False]
+    assert [rows[m]["reused_training"] for m in ("ham:ties", "ham:best", "ham:no-sae", "ham:same")] == [
+        True, True, False, True]
+    assert rows["ham:same"]["test_acc"] == rows["ham"]["test_acc"]
+    assert rows["ham:best"]["merged_from"] == "best" and rows["ham:ties"]["ham"]["merge_method"] == "ties"
+
+    # A rerun with one more variant runs only that one; variants do not change the experiment key.
+    trained.clear()
+    cfg.ham_variants = [*variants, HamVariant(label="r0.5", set={"merge_hparams": {"trim": 0.5}})]
+    again = experiment.run_experiment(cfg, log=lambda _: None)
+    assert [r["method"] for r in again] == ["ham:r0.5"] and [t["sae"] for t in trained] == [True]
+    with pytest.raises(ValueError, match="ham_variants\\[bad\\]"):
+        ExperimentConfig(ham_variants=[HamVariant(label="bad", set={"opa_weight": -1})])
+
+
+def test_ham_variant_runs_split_free_and_training_variants(tiny_data, tmp_path):
+    from dgmerge.config import HamVariant
+
+    variants = [HamVariant(label="best", set={"historical": "none"}), HamVariant(label="no-opa", set={"opa": False})]
+    cfg = config(tiny_data, tmp_path / "run", methods=["ham_variants"], ham_variants=variants,
+                 ham_variant_runs="reuse")
+    assert [r["method"] for r in experiment.run_experiment(cfg, log=lambda _: None)] == ["ham:best"]
+    cfg.ham_variant_runs = "train"
+    assert [r["method"] for r in experiment.run_experiment(cfg, log=lambda _: None)] == ["ham:no-opa"]

@@ -39,3 +39,21 @@ def test_unknown_method_lists_the_available_ones_and_assignment_is_checked():
     cfg = HamConfig()
     with pytest.raises(ValidationError):
         cfg.merge_method = "nope"
+
+
+def test_reuse_rule_separates_merge_time_from_training_settings():
+    from dgmerge.training.ham_config import can_reuse, training_key
+
+    base = HamConfig()
+    # Merge-time changes and best-checkpoint merging reuse a run...
+    assert can_reuse(HamConfig(merge_method="ties", merge_hparams={"keep": 0.2}), base)
+    assert can_reuse(HamConfig(merge_hparams={"trim": 0.5, "level": "tensor"}), base)
+    assert can_reuse(HamConfig(historical="none"), base)
+    assert can_reuse(HamConfig(historical="none"), HamConfig(beta=2.0))
+    # ...anything that changes the trained models does not.
+    assert not can_reuse(HamConfig(sae=False), base)
+    assert not can_reuse(HamConfig(opa_weight=1.0), base)
+    assert not can_reuse(HamConfig(beta=1.0), base)
+    # A run without averages cannot serve a variant that merges averages.
+    assert not can_reuse(base, HamConfig(historical="none"))
+    assert "merge_hparams" not in training_key(base) and "beta" not in training_key(HamConfig(historical="none"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +33,8 @@ from dgmerge.models.heads import LinearHead
 from dgmerge.pipeline.artifacts import save_history, save_model
 from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
 from dgmerge.training.checkpoint import Checkpointer
-from dgmerge.training.ham import train_ham
+from dgmerge.training.ham import MERGED_FROM, HamResult, merge_trained, train_ham
+from dgmerge.training.ham_config import HamConfig, can_reuse
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.probe import extract_features, fit_linear_probe
 
@@ -55,6 +56,8 @@ class Cell:
     val_sets: dict[str, Dataset]
     test_set: Dataset
     job: str
+    # Rows already in results.jsonl for this cell (method names), so reruns skip them.
+    done: set[str] = field(default_factory=set)
 
     @property
     def out_dir(self) -> Path:
@@ -69,6 +72,10 @@ def experiment_key(cfg: ExperimentConfig) -> str:
                           ("train", "feature_cache"), ("train", "feature_cache_dir"),
                           ("train", "checkpoint_every")):
         payload[section].pop(name, None)
+    # Variants are rows of their own, each recording its full HAM config: adding one must not
+    # invalidate the rest of the experiment.
+    for name in ("ham_variants", "ham_variant_runs"):
+        payload.pop(name, None)
     return config_hash(payload)
 
 
@@ -88,12 +95,16 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         for test_domain in test_domains:
-            todo = [m for m in cfg.methods if m not in done.get((seed, test_domain), set())]
+            finished = done.get((seed, test_domain), set())
+            todo = [m for m in cfg.methods if m not in finished]
+            if "ham_variants" in todo and all(f"ham:{v.label}" in finished for v in cfg.ham_variants):
+                todo.remove("ham_variants")
             if not todo:
                 log(f"[skip] seed {seed}, test domain {test_domain}: already in {results_path}")
                 continue
             log(f"== seed {seed} · test domain {test_domain} · methods {', '.join(todo)}")
             cell = build_cell(cfg, index, test_domain, seed, key)
+            cell.done = finished
             rows += run_cell(cell, todo, results_path, log)
     return rows
 
@@ -103,7 +114,11 @@ def _finished_methods(results_path: Path, key: str) -> dict[tuple[int, str], set
     if results_path.exists():
         for row in read_results(results_path):
             if row.get("experiment_key") == key:
-                done.setdefault((row["seed"], row["test_domain"]), set()).add(row.get("method_group", row["method"]))
+                finished = done.setdefault((row["seed"], row["test_domain"]), set())
+                finished.add(row["method"])
+                # Variants are done one by one (a config may add more); other groups as a whole.
+                if row.get("method_group") != "ham_variants":
+                    finished.add(row.get("method_group", row["method"]))
     return done
 
 
@@ -232,18 +247,52 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
             merged.load_state_dict(state)
             record(f"merge:{spec.name}", merged, start, {"merged": list(cell.envs.sources), "merge_method": spec.method,
                                                         "merge_hparams": spec.hparams}, group="merge")
+    ham_runs: list[tuple[HamConfig, HamResult]] = []
     if "ham" in methods:
         start = time.perf_counter()
-        theta = copy_model(cell.theta0)
-        set_trainable(theta, cell.backbone, cfg.train.trainable, cfg.train.train_head)
-        result = train_ham(theta, cell.train_sets, cell.val_sets, cfg.train, cfg.ham, cell.seed,
-                           checkpoint=_checkpointer(cell, "ham"))
-        save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / "ham.csv", result.history)
-        merged = copy_model(cell.theta0)
-        merged.load_state_dict(result.merged_state)
-        record("ham", merged, start, {"merged_from": result.merged_from,
-                                      "train_wall_time_s": round(result.wall_time_s, 3)})
+        result = _train_ham(cell, cfg.ham, "ham")
+        ham_runs.append((cfg.ham, result))
+        record("ham", _loaded(cell, result.merged_state), start,
+               {"merged_from": result.merged_from, "train_wall_time_s": round(result.wall_time_s, 3)})
+    if "ham_variants" in methods:
+        for variant in cfg.ham_variants:
+            method = f"ham:{variant.label}"
+            if method in cell.done:
+                continue
+            ham_cfg = cfg.variant_config(variant)
+            reusable = can_reuse(ham_cfg, cfg.ham)
+            if (cfg.ham_variant_runs == "reuse" and not reusable) or (cfg.ham_variant_runs == "train" and reusable):
+                continue
+            start = time.perf_counter()
+            base = next((r for c, r in ham_runs if can_reuse(ham_cfg, c)), None)
+            reused = base is not None
+            if base is None:
+                # Train what serves the most variants: HAM's own config when it covers this one.
+                train_cfg, name = (cfg.ham, "ham") if reusable else (ham_cfg, f"ham_{variant.label}")
+                base = _train_ham(cell, train_cfg, name)
+                ham_runs.append((train_cfg, base))
+            merged = merge_trained(base, cell.theta0.state_dict(), ham_cfg)
+            record(method, _loaded(cell, merged), start,
+                   {"ham": ham_cfg.model_dump(mode="json"), "variant": variant.model_dump(mode="json"),
+                    "merged_from": MERGED_FROM[ham_cfg.historical], "train_wall_time_s": round(base.wall_time_s, 3),
+                    "reused_training": reused},
+                   group="ham_variants")
     return rows
+
+
+def _train_ham(cell: Cell, ham_cfg: HamConfig, name: str) -> HamResult:
+    theta = copy_model(cell.theta0)
+    set_trainable(theta, cell.backbone, cell.cfg.train.trainable, cell.cfg.train.train_head)
+    result = train_ham(theta, cell.train_sets, cell.val_sets, cell.cfg.train, ham_cfg, cell.seed, desc=name,
+                       checkpoint=_checkpointer(cell, name))
+    save_history(cell.cfg.output_dir / "logs" / f"seed{cell.seed}" / cell.test_domain / f"{name}.csv", result.history)
+    return result
+
+
+def _loaded(cell: Cell, state: dict[str, torch.Tensor]) -> Classifier:
+    model = copy_model(cell.theta0)
+    model.load_state_dict(state)
+    return model
 
 
 def _train(cell: Cell, train_sets: dict[str, Dataset], desc: str) -> tuple[Classifier, TrainResult]:

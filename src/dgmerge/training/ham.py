@@ -222,16 +222,34 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
 
     historical = ({run.name: _with_average(run.model, run.average) for run in runs}
                   if ham_cfg.historical != "none" else None)
-    best = {run.name: run.best_state for run in runs}
-    merged_from = {"beta": "historical", "ema": "ema", "none": "best"}[ham_cfg.historical]
-    to_merge = historical if historical is not None else best
-    merged = merge_sources(theta0_state, [to_merge[s] for s in sources], names, ham_cfg)
-    return HamResult(merged_state=merged, merged_from=merged_from, sources=sources, trainable=names,
-                     final_states={run.name: _clone_state(run.model) for run in runs},
-                     historical_states=historical, best_states=best,
-                     best_steps={run.name: run.best_step for run in runs},
-                     best_val_accs={run.name: run.best_acc for run in runs},
-                     history=history, wall_time_s=time.perf_counter() - start)
+    result = HamResult(merged_state=MergedState({}), merged_from=MERGED_FROM[ham_cfg.historical], sources=sources,
+                       trainable=names, final_states={run.name: _clone_state(run.model) for run in runs},
+                       historical_states=historical, best_states={run.name: run.best_state for run in runs},
+                       best_steps={run.name: run.best_step for run in runs},
+                       best_val_accs={run.name: run.best_acc for run in runs}, history=history)
+    result.merged_state = merge_trained(result, theta0_state, ham_cfg)
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+# Which per-source states a merge takes, by ham_cfg.historical.
+MERGED_FROM = {"beta": "historical", "ema": "ema", "none": "best"}
+
+
+def merge_trained(result: HamResult, theta0_state: StateDict, ham_cfg: HamConfig) -> MergedState:
+    """Merge a finished run's per-source models as `ham_cfg` says (historical or best, method).
+
+    `ham_cfg` may differ from the run's own config in merge-time fields only (see
+    ham_config.can_reuse): this is how ablations such as TIES-instead-of-RHM or best-checkpoint
+    merging reuse one training run.
+    """
+    if ham_cfg.historical == "none":
+        states = result.best_states
+    elif result.historical_states is None or result.merged_from != MERGED_FROM[ham_cfg.historical]:
+        raise ValueError(f"this run kept no {ham_cfg.historical!r} averages (it merged {result.merged_from!r})")
+    else:
+        states = result.historical_states
+    return merge_sources(theta0_state, [states[s] for s in result.sources], result.trainable, ham_cfg)
 
 
 def _export(run: _Source) -> dict[str, Any]:
@@ -324,4 +342,4 @@ def _evaluate(run: _Source, val_sets: dict[str, Dataset], batch_size: int, step:
     return record
 
 
-__all__ = ["HamConfig", "HamResult", "merge_sources", "stream_seed", "train_ham"]
+__all__ = ["HamConfig", "HamResult", "MERGED_FROM", "merge_sources", "merge_trained", "stream_seed", "train_ham"]

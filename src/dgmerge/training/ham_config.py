@@ -84,4 +84,28 @@ class HamConfig(BaseModel):
         return self
 
 
-__all__ = ["HamConfig"]
+# Fields that only decide how the trained models are merged: changing them needs no retraining.
+MERGE_TIME_FIELDS = ("merge_method", "merge_hparams", "merge_scope")
+
+
+def training_key(cfg: HamConfig) -> dict[str, Any]:
+    """The settings that determine HAM's trained models (the merge inputs), nothing else.
+
+    Two configs with equal keys train bit-identical models, so a variant can reuse a run.
+    historical: none merges the best checkpoints, which every run keeps: a variant asking for
+    them can reuse any run, so the averaging settings drop out of its key.
+    """
+    key = cfg.model_dump(mode="json", exclude=set(MERGE_TIME_FIELDS))
+    if cfg.historical == "none":
+        for name in ("historical", "beta", "ema_decay"):
+            key.pop(name)
+    return key
+
+
+def can_reuse(variant: HamConfig, trained: HamConfig) -> bool:
+    """Whether `variant`'s merge inputs are among what a run trained with `trained` keeps."""
+    have = training_key(trained)
+    return all(name in have and have[name] == value for name, value in training_key(variant).items())
+
+
+__all__ = ["MERGE_TIME_FIELDS", "HamConfig", "can_reuse", "training_key"]
