@@ -3,7 +3,7 @@ import statistics
 import pytest
 import torch
 
-from dgmerge.merging import merge
+from dgmerge.merging import MergeError, merge
 from dgmerge.merging.score import trim_projection
 
 from .helpers import t
@@ -75,3 +75,44 @@ def test_text_projection_and_too_small_matrices_are_averaged():
         torch.testing.assert_close(out["text_projection"], torch.eye(2) * 2)
         torch.testing.assert_close(out["w"], torch.ones(2, 1) * 2)  # r = 1 < T = 3
         assert out.info["fallback_mean"] == ["w"]
+
+
+def test_score_conv1x1_matrix_rule_by_hand():
+    pre, fts = diag_models()
+    conv = {"w": pre["w"].reshape(2, 2, 1, 1)}
+    conv_fts = [{"w": f["w"].reshape(2, 2, 1, 1)} for f in fts]
+    out = merge("score", conv, conv_fts)  # as the 2-D example above: Σ of the diagonals
+    torch.testing.assert_close(out["w"], t([[4.0, 0.0], [0.0, 3.0]]).reshape(2, 2, 1, 1))
+    assert out.info["matrix_rule"] == ["w"] and out.info["conv1x1_matrix"] == ["w"]
+    mean = merge("score", conv, conv_fts, conv1x1="mean")  # the old behaviour: mean task vector
+    torch.testing.assert_close(mean["w"], t([[2.0, 0.0], [0.0, 1.5]]).reshape(2, 2, 1, 1))
+    assert mean.info["matrix_rule"] == [] and mean.info["conv1x1_matrix"] == []
+
+
+def test_score_conv1x1_equals_the_same_linear_weight_exactly():
+    gen = torch.Generator().manual_seed(2)
+    shapes = {"pw": (6, 4), "dw": (6, 1, 3, 3), "bn": (6,)}
+    pre = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    fts = [{k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in pre.items()} for _ in range(3)]
+
+    def as_conv(state):
+        return {k: v.reshape(6, 4, 1, 1) if k == "pw" else v for k, v in state.items()}
+
+    linear = merge("score", pre, fts)
+    conv = merge("score", as_conv(pre), [as_conv(f) for f in fts])
+    assert torch.equal(conv["pw"].reshape(6, 4), linear["pw"])
+    assert conv.info["conv1x1_matrix"] == ["pw"] and linear.info["conv1x1_matrix"] == []
+    assert conv.info["matrix_rule"] == linear.info["matrix_rule"] == ["pw"]
+    mean = merge("score", as_conv(pre), [as_conv(f) for f in fts], conv1x1="mean")
+    average = merge("average", as_conv(pre), [as_conv(f) for f in fts])
+    for key in shapes:  # depthwise 3×3 and BN: averaged under both settings
+        torch.testing.assert_close(mean[key], average[key])
+        if key != "pw":
+            assert torch.equal(conv[key], mean[key])
+    assert not torch.allclose(conv["pw"], mean["pw"])
+
+
+def test_score_conv1x1_option_is_validated():
+    pre, fts = diag_models()
+    with pytest.raises(MergeError, match="conv1x1"):
+        merge("score", pre, fts, conv1x1="svd")
