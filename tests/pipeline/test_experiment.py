@@ -185,7 +185,7 @@ def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_dat
     assert [rows[m]["reused_training"] for m in ("ham:ties", "ham:best", "ham:no-sae", "ham:same")] == [
         True, True, False, True]
     assert rows["ham:same"]["test_acc"] == rows["ham"]["test_acc"]
-    assert rows["ham:best"]["merged_from"] == "best" and rows["ham:ties"]["ham"]["merge_method"] == "ties"
+    assert rows["ham:best"]["merged_from"] == "best" and rows["ham:ties"]["hparams"]["ham"]["merge_method"] == "ties"
 
     # A rerun with one more variant runs only that one; variants do not change the experiment key.
     trained.clear()

@@ -286,3 +286,20 @@ def test_figures_command(run_dir, tmp_path):
     assert rerun.exit_code == 0 and "wrote 3 file(s)" in rerun.output
     missing = CliRunner().invoke(app, ["figures", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no run directory" in missing.output
+
+
+def test_lambda_sensitivity_takes_ham_and_lambda_only_variants():
+    from dgmerge.reports.figures import sensitivity
+    from dgmerge.reports.run_figures import SENSITIVITIES
+
+    def row(method, lam, acc, variant=None):
+        r = {"method": method, "test_domain": "d", "seed": 0, "test_acc": acc, "val_acc": acc,
+             "hparams": {"ham": {"opa_weight": lam}}}
+        return {**r, "variant": {"label": method[4:], "set": variant}} if variant is not None else r
+
+    rows = [row("ham", 0.1, 0.5), row("ham:lam1", 1.0, 0.7, {"opa_weight": 1.0}),
+            # Same λ as HAM but without SAE: must not overwrite HAM's point at λ = 0.1.
+            row("ham:no-sae", 0.1, 0.1, {"sae": False})]
+    _, _, keep, paths = SENSITIVITIES[0]
+    points = sensitivity(rows, paths, keep)["test_acc"]
+    assert [(p.value, round(p.mean, 6)) for p in points] == [(0.1, 50.0), (1.0, 70.0)]

@@ -273,7 +273,7 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
                 ham_runs.append((train_cfg, base))
             merged = merge_trained(base, cell.theta0.state_dict(), ham_cfg)
             record(method, _loaded(cell, merged), start,
-                   {"ham": ham_cfg.model_dump(mode="json"), "variant": variant.model_dump(mode="json"),
+                   {"variant": variant.model_dump(mode="json"),
                     "merged_from": MERGED_FROM[ham_cfg.historical], "train_wall_time_s": round(base.wall_time_s, 3),
                     "reused_training": reused},
                    group="ham_variants")
@@ -324,7 +324,7 @@ def _train_extra(result: TrainResult) -> dict[str, Any]:
 def _row_ids(cell: Cell, method: str) -> dict[str, Any]:
     cfg = cell.cfg
     hparams = {"train": cfg.train.model_dump(mode="json"), "probe": cfg.probe.model_dump(mode="json"),
-               **({"ham": cfg.ham.model_dump(mode="json")} if method == "ham" else {}),
+               **_ham_hparams(cfg, method),
                "backbone": cfg.backbone.model_dump(mode="json"),
                "train_augment": cfg.data.train_augment}
     split = {"holdout_fraction": cfg.data.holdout_fraction, "trial_seed": cell.seed,
@@ -333,6 +333,14 @@ def _row_ids(cell: Cell, method: str) -> dict[str, Any]:
              "sources": list(cell.envs.sources), "n_test": len(cell.test_set)}  # type: ignore[arg-type]
     return {"dataset": cfg.data.dataset, "test_domain": cell.test_domain, "seed": cell.seed, "method": method,
             "hparams": hparams, "split": split, "selection": SELECTION_RULE}
+
+
+def _ham_hparams(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
+    """hparams["ham"] of a HAM row: the experiment's HamConfig, or a variant's full config."""
+    if method == "ham":
+        return {"ham": cfg.ham.model_dump(mode="json")}
+    variant = next((v for v in cfg.ham_variants if method == f"ham:{v.label}"), None)
+    return {"ham": cfg.variant_config(variant).model_dump(mode="json")} if variant is not None else {}
 
 
 def _evaluate_and_record(cell: Cell, method: str, model: Classifier, start: float, extra: dict[str, Any],

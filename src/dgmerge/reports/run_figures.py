@@ -29,11 +29,24 @@ Log = Callable[[str], None]
 
 # (file stem, x label, method filter, param paths): HAM Fig. 3 plus r of the plain RHM merge.
 SENSITIVITIES: list[tuple[str, str, Any, tuple[str, ...]]] = [
-    ("sensitivity_lambda", "λ (OPA weight)", "ham", ("hparams.ham.opa_weight",)),
-    ("sensitivity_r_ham", "r (RHM trim ratio, HAM)", "ham", ("hparams.ham.merge_hparams.trim",)),
+    ("sensitivity_lambda", "λ (OPA weight)", lambda row: _ham_varying(row, {"opa_weight"}),
+     ("hparams.ham.opa_weight",)),
+    ("sensitivity_r_ham", "r (RHM trim ratio, HAM)", lambda row: _ham_varying(row, {"merge_hparams"}),
+     ("hparams.ham.merge_hparams.trim",)),
     ("sensitivity_r_rhm", "r (RHM trim ratio, merge of single-source models)",
      lambda row: row.get("merge_method") == "rhm", ("merge_hparams.trim",)),
 ]
+
+
+def _ham_varying(row: dict[str, Any], fields: set[str]) -> bool:
+    """HAM's own row, or a ham_variants row that changes only `fields` (a sensitivity point).
+
+    Other variants (e.g. without SAE) share λ and r with HAM and would collide with its points.
+    """
+    if row.get("method") == "ham":
+        return True
+    variant = row.get("variant")
+    return isinstance(variant, dict) and set(variant.get("set", {})) == fields
 
 
 @dataclass
