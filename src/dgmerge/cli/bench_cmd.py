@@ -17,6 +17,8 @@ bench_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     """Attach `dgmerge bench` and every benchmark subcommand to the main app."""
     from dgmerge.cli import bench_pacs_cmd
+    from dgmerge.cli import bench_gating_cmd
 
     bench_pacs_cmd.register(bench_app)
+    bench_gating_cmd.register(bench_app)
     app.add_typer(bench_app, name="bench")

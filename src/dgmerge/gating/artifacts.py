@@ -1,0 +1,55 @@
+"""Files the gating benchmarks write and `dgmerge merge --method gating` reads: experts, gates, Grams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dgmerge.atomic import atomic_write
+from dgmerge.config import BackboneConfig
+from dgmerge.gating.gate import Gate
+from dgmerge.models import load_backbone
+from dgmerge.models.stages import Cut
+from dgmerge.pipeline.artifacts import META_KEY, read_model_meta, save_model
+
+
+def save_gate(path: Path, gate: Gate, backbone_cfg: BackboneConfig, tasks: list[str], fraction: float) -> Path:
+    """The gate with what rebuilding it needs: backbone, cut, task order, data fraction."""
+    meta = {"kind": "gate", "backbone": backbone_cfg.model_dump(mode="json"), "tasks": tasks,
+            "cut": gate.cut.block if gate.cut else None, "image_size": gate.cut.image_size if gate.cut else None,
+            "feature_dim": gate.linear.in_features, "fraction": fraction}
+    return save_model(path, gate, meta)
+
+
+def load_gate(path: Path) -> tuple[Gate, dict[str, Any]]:
+    """A gate written by save_gate (no weights are downloaded: everything is in the file)."""
+    meta = read_model_meta(path)
+    if meta.get("kind") != "gate":
+        raise ValueError(f"{path} is not a gate file (its metadata kind is {meta.get('kind')!r}); pass the "
+                         "gate.safetensors a gating benchmark wrote")
+    cfg = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"checkpoint": None, "pretrained": None})
+    backbone = load_backbone(cfg)
+    cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
+    gate = Gate(backbone.encoder, int(meta["feature_dim"]), len(meta["tasks"]), cut)
+    gate.load_state_dict(load_file(str(path)))
+    gate.requires_grad_(False)
+    return gate.eval(), meta
+
+
+def save_grams(path: Path, grams: dict[str, torch.Tensor], task: str) -> Path:
+    """One expert's RegMean Gram matrices."""
+    with atomic_write(Path(path)) as temp:
+        save_file({k: v.contiguous() for k, v in grams.items()}, str(temp),
+                  metadata={META_KEY: json.dumps({"kind": "grams", "task": task})})
+    return Path(path)
+
+
+def load_grams(path: Path) -> dict[str, torch.Tensor]:
+    """Gram matrices written by save_grams."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--grams {path}: no such file")
+    return load_file(str(path))
