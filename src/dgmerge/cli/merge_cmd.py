@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 import typer
 
 _METHOD_HELP = ("Merge method: average, task_arithmetic, ties, dare, rhm, regmean, fisher, tsv, score, "
-                "lwptv, greedy_soup (Python API only).")
+                "lwptv, greedy_soup (Python API only), or gating (Ye et al.; needs --gate).")
 
 
 def _fail(message: str) -> None:
@@ -64,12 +64,24 @@ def register(app: typer.Typer) -> None:
                                                      help="Method hyperparameter, repeatable: --set keep=0.2 --set scale=1"),
         force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+        gate: Optional[Path] = typer.Option(None, "--gate", help="gating: the gate file (gate*.safetensors from "
+                                            "`dgmerge bench gating-dg` or `multitask`); models in its task order."),
+        grams: Optional[List[Path]] = typer.Option(None, "--grams", help="gating with base=regmean: one Gram file "
+                                                   "per model, repeatable, in the models' order."),
     ) -> None:
-        """Merge fine-tuned checkpoints that share PRETRAINED into one model file."""
+        """Merge fine-tuned checkpoints that share PRETRAINED into one model file.
+
+        --method gating (Ye et al.) writes a model with the gate, the gated modules' N weight
+        copies and every model's head; settings: base=average|task_arithmetic|regmean, m=0..5,
+        gate_norms, mode=sample|batch. `dgmerge evaluate` loads it.
+        """
         from dgmerge.merging import MergeError, merge_files, parse_settings
 
         _check_model_args(list(models or []))
         start = time.perf_counter()
+        if method == "gating":
+            _merge_gating(pretrained, list(models), gate, out, settings or [], list(grams or []), force, quiet)
+            return
         try:
             hparams = parse_settings(method, settings or [])
             merged = merge_files(method, pretrained, list(models), out, force=force, **hparams)
@@ -81,6 +93,24 @@ def register(app: typer.Typer) -> None:
                        f"({len(merged)} tensors, {time.perf_counter() - start:.1f} s)")
             if merged.info:
                 typer.echo(json.dumps(_summary(merged.info), default=str))
+
+    def _merge_gating(pretrained: Path, models: List[Path], gate: Optional[Path], out: Path, settings: List[str],
+                      grams: List[Path], force: bool, quiet: bool) -> None:
+        from dgmerge.gating.files import merge_gating_files, parse_gating_settings
+        from dgmerge.merging import MergeError
+
+        if gate is None:
+            _fail("--method gating needs --gate GATE.safetensors (written by `dgmerge bench gating-dg` or `multitask`)")
+        start = time.perf_counter()
+        try:
+            summary = merge_gating_files(pretrained, models, gate, out, grams=grams, force=force,
+                                         **parse_gating_settings(settings))
+        except (MergeError, FileNotFoundError, ValueError) as err:
+            _fail(str(err))
+            return
+        if not quiet:
+            typer.echo(f"merged {len(models)} models with gating -> {out} ({time.perf_counter() - start:.1f} s)")
+            typer.echo(json.dumps(_summary(summary), default=str))
 
     @app.command("inspect")
     def inspect_command(

@@ -22,9 +22,15 @@ def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[s
 
     The architecture comes from the file's metadata (or from `like`'s, for a bare merged
     state dict); the weights come from the file itself, so no hub or θ0 file is needed.
+    A gating merge (`dgmerge merge --method gating`) comes back as a GatedClassifier.
     Returns (model, metadata, eval transform).
     """
     meta = read_model_meta(like or path)
+    if meta.get("method") == "gating":
+        from dgmerge.gating.files import load_gated
+
+        gated, transform = load_gated(Path(path), meta)
+        return gated, meta, transform  # type: ignore[return-value]
     state = load_file(str(path))
     cfg = BackboneConfig.model_validate(meta["backbone"])
     # Weights are all in `state`: build the bare architecture, never download.
@@ -51,7 +57,11 @@ def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, li
     """Accuracy of the saved model on each domain of `data_dir`: {domain: (images, accuracy)}."""
     model, meta, transform = load_model(Path(path), like)
     index = scan_domains(Path(data_dir))
-    if list(index.classes) != list(meta["classes"]):
+    relabel = None
+    if meta.get("method") == "gating" and set(index.classes) <= set(meta["classes"]):
+        # A gated model predicts in the union of its tasks' label spaces: map labels by class name.
+        relabel = [list(meta["classes"]).index(c) for c in index.classes]
+    elif list(index.classes) != list(meta["classes"]):
         raise ValueError(f"{data_dir} has classes {list(index.classes)} but {path} was trained on "
                          f"{meta['classes']}: the head's outputs would not mean the same labels")
     chosen = domains or list(index.domains)
@@ -61,6 +71,10 @@ def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, li
     scores = {}
     for domain in chosen:
         samples = index.samples[domain][:max_images] if max_images else index.samples[domain]
-        scores[domain] = (len(samples), accuracy(model, ImageDataset(samples, transform), batch_size,
-                                                 desc=f"score {domain}"))
+        data = ImageDataset(samples, transform)
+        if relabel is not None:
+            from dgmerge.gating.files import Relabelled
+
+            data = Relabelled(data, relabel)
+        scores[domain] = (len(samples), accuracy(model, data, batch_size, desc=f"score {domain}"))
     return scores
