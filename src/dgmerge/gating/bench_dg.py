@@ -32,7 +32,7 @@ from dgmerge.gating.experts import (
     train_expert,
     trained_keys,
 )
-from dgmerge.gating.sources import load_setting
+from dgmerge.gating.sources import Setting, load_setting
 from dgmerge.pipeline.artifacts import save_model, write_text_atomic
 from dgmerge.training.finetune import SELECTION_RULE
 
@@ -40,10 +40,14 @@ Log = Callable[[str], None]
 
 
 def run_dg(out: Path, *, data: Path, weights: Path, cache_dir: Path, seeds: Sequence[int], ms: Sequence[int],
-           test_domains: Sequence[str] | None, pool: PoolSettings, log: Log = print) -> Path:
-    """Run every (seed, test domain) not yet in out/results.jsonl; write out/table.md; return its path."""
+           test_domains: Sequence[str] | None, pool: PoolSettings, log: Log = print,
+           setting: Setting | None = None) -> Path:
+    """Run every (seed, test domain) not yet in out/results.jsonl; write out/table.md; return its path.
+
+    `setting` replaces loading PACS (tests pass a tiny one).
+    """
     start = time.perf_counter()
-    setting = load_setting(weights, cache_dir, pacs=data, digits=False)
+    setting = setting or load_setting(weights, cache_dir, pacs=data, digits=False)
     domains = list(setting.tasks)
     chosen = list(test_domains or domains)
     unknown = [d for d in chosen if d not in domains]
@@ -66,7 +70,7 @@ def run_dg(out: Path, *, data: Path, weights: Path, cache_dir: Path, seeds: Sequ
     return out / "table.md"
 
 
-def _cell(setting, out: Path, target: str, seed: int, ms: Sequence[int], pool: PoolSettings,
+def _cell(setting: Setting, out: Path, target: str, seed: int, ms: Sequence[int], pool: PoolSettings,
           log: Log) -> list[dict[str, Any]]:
     sources = [d for d in setting.tasks if d != target]
     tasks = setting.tasks

@@ -42,12 +42,15 @@ SELECTION = "none: the expert's final weights after a fixed number of steps (no 
 
 
 def run_multitask(out: Path, *, data: Path, weights: Path, cache_dir: Path, seed: int, combos: Sequence[Sequence[str]],
-                  ms: Sequence[int], pool: PoolSettings, log: Log = print) -> Path:
-    """Run every combination not yet in out/results.jsonl; write out/table.md; return its path."""
+                  ms: Sequence[int], pool: PoolSettings, log: Log = print, setting: Setting | None = None) -> Path:
+    """Run every combination not yet in out/results.jsonl; write out/table.md; return its path.
+
+    `setting` replaces loading PACS and the digits (tests pass a tiny one).
+    """
     if not combos:
         raise ValueError("no task combinations: list them under `combos:` in the config")
     start = time.perf_counter()
-    setting = load_setting(weights, cache_dir, pacs=data, digits=True, seed=seed)
+    setting = setting or load_setting(weights, cache_dir, pacs=data, digits=True, seed=seed)
     unknown = sorted({t for c in combos for t in c} - set(setting.tasks))
     if unknown:
         raise ValueError(f"combos name unknown task(s) {unknown}; tasks: {', '.join(setting.tasks)}")
