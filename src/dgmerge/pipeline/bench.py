@@ -1,0 +1,192 @@
+"""`dgmerge bench pacs-cpu`: the HAM paper's non-CLIP table on PACS, reproducible on 2 CPU cores.
+
+One shipped config (configs/bench_pacs_cpu.yaml) defines the setting; this module fills in
+where the data and weights are, which part runs (the main table, or the ablations that need
+their own training), and turns results.jsonl into the paper-layout tables with the setting
+stated next to them. Everything else is the ordinary experiment harness, so a bench run is
+resumable (rerun the command) and every row records its full configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from dgmerge.atomic import write_text_atomic
+from dgmerge.config import ExperimentConfig, load_config, resolve_config_path
+from dgmerge.evaluation.results import read_results
+from dgmerge.pipeline.experiment import experiment_key, run_experiment
+from dgmerge.reports.table import build_tables, to_markdown
+from dgmerge.version import code_version
+
+Log = Callable[[str], None]
+Part = Literal["main", "ablations", "all"]
+
+CONFIG_NAME = "bench_pacs_cpu"
+SHARED_DATA = Path("../shared/data")
+SHARED_WEIGHTS = Path("../shared/weights/mobilenetv2_100_imagenet_tflite.safetensors")
+
+# Main table rows, in the HAM paper's order: method in results.jsonl -> row label.
+MAIN_ROWS = {
+    "zero_shot": "Frozen linear probe (zero-shot row)",
+    "erm": "ERM",
+    "single_source_mean": "Single-source models (mean)",
+    "merge:average": "Avg",
+    "merge:task_arithmetic": "Task Arithmetic",
+    "merge:ties": "TIES",
+    "merge:dare-ties": "DARE + TIES",
+    "merge:score": "SCORE",
+    "merge:lwptv-style-ties": "LwPTV-style + TIES",
+    "merge:rhm": "RHM",
+    "ham": "HAM",
+}
+ABLATION_ROWS = {
+    "ham": "HAM (full)",
+    "ham:no-sae": "w/o SAE",
+    "ham:no-opa": "w/o OPA",
+    "ham:best-checkpoint": "w/o historical averaging (best checkpoint)",
+    "ham:layer-level": "layer-level instead of model-level trimming",
+    "ham:ties": "TIES instead of RHM",
+}
+
+
+@dataclass
+class BenchOptions:
+    """Where the inputs are and what to run; None means the shipped config's value."""
+
+    data_root: Path | None = None
+    weights: Path | None = None
+    out: Path = Path("runs/bench-pacs-cpu")
+    seeds: list[int] | None = None
+    test_domains: list[str] | None = None
+    steps: int | None = None
+    part: Part = "main"
+    quick: bool = False
+    cache_dir: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_input(given: Path | None, shared: Path, what: str, flag: str) -> Path:
+    """`given`, else ../shared's copy when present; else an error saying which flag to pass."""
+    path = given if given is not None else shared
+    if not path.exists():
+        hint = f"pass {flag} PATH" if given is None else f"check {flag}"
+        raise FileNotFoundError(f"{what} not found at {path}: {hint}")
+    return path
+
+
+def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
+    """The shipped benchmark config with the options applied (validated like any config).
+
+    part "main": every baseline, HAM and the ablations that reuse HAM's training (merge-time
+    variants); "ablations": only the variants that train their own models; "all": both.
+    quick: the CI variant — one seed, photo held out, 60 images per domain, 6 steps.
+    """
+    overrides: dict[str, Any] = {
+        "data.root": str(default_input(opts.data_root, SHARED_DATA, "PACS data root", "--data-root")),
+        "backbone.checkpoint": str(default_input(opts.weights, SHARED_WEIGHTS, "MobileNetV2 weights", "--weights")),
+        "output_dir": str(opts.out),
+        "train.feature_cache_dir": str(opts.cache_dir or opts.out / "feature_cache"),
+    }
+    if not (Path(overrides["data.root"]) / "PACS").is_dir():
+        raise FileNotFoundError(f"no PACS folder in {overrides['data.root']}: pass --data-root DIR "
+                                "(the directory that contains PACS/)")
+    if opts.quick:
+        overrides.update({"seeds": [0], "data.test_domains": ["photo"], "data.max_images_per_domain": 60,
+                          "train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 0,
+                          "probe.epochs": 10, "train.feature_cache": "memory"})
+    if opts.seeds:
+        overrides["seeds"] = list(opts.seeds)
+    if opts.test_domains:
+        overrides["data.test_domains"] = list(opts.test_domains)
+    if opts.steps:
+        overrides["train.steps"] = opts.steps
+    part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
+    methods = {"main": ["zero_shot", "erm", "single_source", "merge", "ham", "ham_variants"],
+               "ablations": ["ham_variants"], "all": ["zero_shot", "erm", "single_source", "merge", "ham",
+                                                     "ham_variants"]}[part]
+    overrides["methods"] = methods
+    overrides["ham_variant_runs"] = {"main": "reuse", "ablations": "train", "all": "all"}[part]
+    overrides.update(opts.overrides)
+    return load_config(resolve_config_path(CONFIG_NAME), overrides)
+
+
+def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
+    """Run the benchmark part (resuming finished cells) and return the report markdown.
+
+    The report is also written to <out>/bench-report.md; results stay in <out>/results.jsonl.
+    """
+    cfg = pacs_cpu_config(opts)
+    log(f"bench pacs-cpu ({opts.part}{', quick' if opts.quick else ''}): {setting_line(cfg)}")
+    start = time.perf_counter()
+    run_experiment(cfg, log=log)
+    wall = time.perf_counter() - start
+    report = bench_report(cfg, opts.part, wall)
+    write_text_atomic(cfg.output_dir / "bench-report.md", report)
+    return report
+
+
+def setting_line(cfg: ExperimentConfig) -> str:
+    """The setting in one line: backbone, trainable part, resolution, steps, batch, lr, seeds."""
+    return (f"{cfg.backbone.name} ({cfg.backbone.checkpoint}), trainable {cfg.train.trainable} "
+            f"({trainable_part(cfg)}), {cfg.backbone.image_size}×{cfg.backbone.image_size} px, "
+            f"{cfg.train.steps} steps × batch {cfg.train.batch_size} per source, lr {cfg.train.lr:g}, "
+            f"frozen linear-probe head, seeds {cfg.seeds}")
+
+
+def trainable_part(cfg: ExperimentConfig) -> str:
+    """Which modules `train.trainable` trains, read from the model itself (no weights loaded)."""
+    try:
+        from dgmerge.models import load_backbone
+        from dgmerge.models.classifier import trainable_encoder_names
+
+        backbone = load_backbone(cfg.backbone)
+        model = backbone.encoder
+        names = trainable_encoder_names(model, backbone, cfg.train.trainable)
+    except Exception as exc:  # the description is informative only; never fail a run over it
+        return f"modules unknown: {exc}"
+    params = dict(model.named_parameters())
+    modules = list(dict.fromkeys(n.rsplit(".", 1)[0].split(".0.")[0] for n in names))
+    count = sum(params[n].numel() for n in names if n in params)
+    return f"{', '.join(modules)}; {count / 1e6:.2f}M parameters"
+
+
+def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
+    """Markdown: the setting, the main table and the ablation table (mean ± std over seeds)."""
+    path = cfg.output_dir / "results.jsonl"
+    key = experiment_key(cfg)
+    rows = [r for r in read_results(path) if r.get("experiment_key") == key] if path.exists() else []
+    lines = [
+        "# PACS on 2 CPU cores (`dgmerge bench pacs-cpu`)", "",
+        f"- Setting: {setting_line(cfg)}.",
+        "- Protocol: DomainBed leave-one-domain-out, training-domain validation (80/20 split of each "
+        "source) for checkpoints; the held-out domain is scored in full and never used for selection.",
+        f"- Code {code_version()}, torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPUs, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; this invocation ({part}) took "
+        f"{wall_time_s / 60:.1f} min.", "",
+        "## Accuracy (%) per held-out domain, mean ± std over seeds", "",
+        _table(rows, MAIN_ROWS), "",
+        "## HAM ablations", "",
+        _table(rows, ABLATION_ROWS), "",
+        "## HAM sensitivity (ham_variants rows)", "",
+        _table(rows, {r["method"]: r["method"] for r in rows
+                      if r["method"].startswith("ham:") and r["method"] not in ABLATION_ROWS}),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    chosen = [{**r, "method": labels[r["method"]]} for r in rows if r["method"] in labels]
+    if not chosen:
+        return "(no rows yet)"
+    order = list(labels.values())
+    (table,) = build_tables(sorted(chosen, key=lambda r: order.index(r["method"])))
+    # Drop the dataset heading: the report's own headings say what the table is.
+    return to_markdown(table).split("\n", 2)[2]

@@ -1,0 +1,64 @@
+"""`dgmerge bench pacs-cpu`: the shipped setting, input errors, and the CI-sized run on real PACS."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dgmerge.cli.main import app
+from dgmerge.evaluation.results import read_results
+from dgmerge.pipeline.bench import ABLATION_ROWS, MAIN_ROWS, BenchOptions, pacs_cpu_config
+
+# shared/ beside the repository, as tests/conftest.py's shared_root fixture finds it.
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+needs_shared = pytest.mark.skipif(not (SHARED / "data" / "PACS").is_dir(),
+                                  reason="../shared (PACS + MobileNetV2) not present")
+
+
+def fake_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "data" / "PACS").mkdir(parents=True)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    return tmp_path / "data", weights
+
+
+def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
+    root, weights = fake_inputs(tmp_path)
+    cfg = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out"))
+    assert cfg.seeds == [0, 1, 2] and cfg.train.feature_cache == "disk"
+    assert cfg.train.feature_cache_dir == tmp_path / "out" / "feature_cache"
+    assert {f"merge:{m.name}" for m in cfg.merges} | {"zero_shot", "erm", "single_source_mean", "ham"} == set(MAIN_ROWS)
+    assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham"}
+    # The main part reuses HAM's training; the ablation part trains only what needs training.
+    assert cfg.ham_variant_runs == "reuse" and "erm" in cfg.methods
+    ablations = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, part="ablations"))
+    assert ablations.methods == ["ham_variants"] and ablations.ham_variant_runs == "train"
+
+
+def test_missing_inputs_name_the_flag(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--data-root", str(tmp_path / "nope"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--data-root" in result.output
+    root, _ = fake_inputs(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--data-root", str(root), "--weights",
+                                      str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--weights" in result.output
+
+
+@needs_shared
+def test_quick_bench_produces_every_row_above_chance(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--quick", "--out", str(out),
+                                      "--data-root", str(SHARED / "data"), "--weights",
+                                      str(SHARED / "weights" / "mobilenetv2_100_imagenet_tflite.safetensors")])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in read_results(out / "results.jsonl")}
+    cfg_variants = {f"ham:{v.label}" for v in pacs_cpu_config(BenchOptions(data_root=SHARED / "data")).ham_variants}
+    assert set(MAIN_ROWS) | cfg_variants <= set(rows)
+    # 7 classes: chance is 1/7. Every scored row must beat it (single_source_mean is a mean of rows).
+    low = {m: r["test_acc"] for m, r in rows.items() if r["test_acc"] <= 1 / 7}
+    assert not low, low
+    assert all(r["test_domain"] == "photo" and r["seed"] == 0 for r in rows.values())
+    report = (out / "bench-report.md").read_text()
+    assert "blocks.6, conv_head, bn2" in report and "224×224 px" in report
+    assert all(label in report for label in [*MAIN_ROWS.values(), *ABLATION_ROWS.values()])
