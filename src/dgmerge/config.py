@@ -161,6 +161,12 @@ class HamVariant(StrictModel):
 
     label: str = Field(pattern=r"^[A-Za-z0-9_.+=-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
+    # Run only for these trial seeds (None = every seed): costly sensitivity points on one seed.
+    seeds: list[int] | None = None
+
+    def applies_to(self, seed: int) -> bool:
+        """Whether this variant runs in a cell of trial seed `seed`."""
+        return self.seeds is None or seed in self.seeds
 
 
 class ExperimentConfig(StrictModel):

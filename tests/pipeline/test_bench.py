@@ -1,5 +1,6 @@
 """`dgmerge bench pacs-cpu`: the shipped setting, input errors, and the CI-sized run on real PACS."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_missing_inputs_name_the_flag(tmp_path):
 @needs_shared
 def test_quick_bench_produces_every_row_above_chance(tmp_path):
     out = tmp_path / "bench"
-    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--quick", "--out", str(out),
+    # --jobs 2 with one cell: one worker process, the path a multi-core user takes.
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--quick", "--jobs", "2", "--out", str(out),
                                       "--data-root", str(SHARED / "data"), "--weights",
                                       str(SHARED / "weights" / "mobilenetv2_100_imagenet_tflite.safetensors")])
     assert result.exit_code == 0, result.output
@@ -59,6 +61,7 @@ def test_quick_bench_produces_every_row_above_chance(tmp_path):
     low = {m: r["test_acc"] for m, r in rows.items() if r["test_acc"] <= 1 / 7}
     assert not low, low
     assert all(r["test_domain"] == "photo" and r["seed"] == 0 for r in rows.values())
+    assert json.loads((out / "config.json").read_text())["config"]["train"]["trainable"] == "last:1"
     report = (out / "bench-report.md").read_text()
     assert "blocks.6, conv_head, bn2" in report and "224×224 px" in report
     assert all(label in report for label in [*MAIN_ROWS.values(), *ABLATION_ROWS.values()])

@@ -205,3 +205,6 @@ def test_ham_variant_runs_split_free_and_training_variants(tiny_data, tmp_path):
     assert [r["method"] for r in experiment.run_experiment(cfg, log=lambda _: None)] == ["ham:best"]
     cfg.ham_variant_runs = "train"
     assert [r["method"] for r in experiment.run_experiment(cfg, log=lambda _: None)] == ["ham:no-opa"]
+    # A variant restricted to other seeds does not run (and does not keep the cell pending).
+    cfg.ham_variants = [*variants, HamVariant(label="lam1", set={"opa_weight": 1.0}, seeds=[1])]
+    assert experiment.run_experiment(cfg, log=lambda _: None) == []

@@ -27,6 +27,10 @@ def pacs_cpu(
                                              "(default <out>/feature_cache)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized: one seed, photo held out, 60 images per "
                                "domain, 6 steps — checks the pipeline, not the numbers."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes, each training its share of the "
+                             "(seed, test domain) cells on cores/jobs threads (2 is fastest on 2 cores)."),
+    cells: Optional[str] = typer.Option(None, "--cells", hidden=True, help="SEED:DOMAIN,... (set by --jobs "
+                                        "for its workers)."),
     force: bool = typer.Option(False, "--force", help="Discard earlier results in --out instead of resuming."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
@@ -36,6 +40,7 @@ def pacs_cpu(
     write <out>/bench-report.md with every table so far.
     """
     from dgmerge.pipeline.bench import BenchOptions, run_pacs_cpu
+    from dgmerge.pipeline.parallel import parse_cells
 
     if force and (out / "results.jsonl").exists():
         (out / "results.jsonl").unlink()
@@ -43,12 +48,13 @@ def pacs_cpu(
             shutil.rmtree(out / name, ignore_errors=True)
     elif (out / "results.jsonl").exists():
         typer.echo(f"{out}/results.jsonl exists: finished runs are reused (--force starts afresh).")
-    opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
-                        test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
-                        part="ablations" if ablations else "main")
     try:
+        opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
+                            test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
+                            part="ablations" if ablations else "main", jobs=jobs,
+                            cells=parse_cells(cells) if cells else None)
         report = run_pacs_cpu(opts, log=typer.echo)
-    except (FileNotFoundError, ConfigError, ValueError) as err:
+    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     typer.echo(report)

@@ -79,8 +79,13 @@ def experiment_key(cfg: ExperimentConfig) -> str:
     return config_hash(payload)
 
 
-def run_experiment(cfg: ExperimentConfig, log: Log = print) -> list[dict[str, Any]]:
-    """Run every (seed, test domain) cell of `cfg`, skipping cells already in results.jsonl."""
+def run_experiment(cfg: ExperimentConfig, log: Log = print,
+                   cells: set[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+    """Run every (seed, test domain) cell of `cfg`, skipping cells already in results.jsonl.
+
+    `cells` restricts the run to those (seed, test domain) pairs: how parallel workers split
+    one experiment between them (they append to the same results.jsonl).
+    """
     dataset_dir = cfg.data.root / cfg.data.dataset
     index = scan_domains(dataset_dir)
     test_domains = cfg.data.test_domains or list(index.domains)
@@ -95,9 +100,12 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         for test_domain in test_domains:
+            if cells is not None and (seed, test_domain) not in cells:
+                continue
             finished = done.get((seed, test_domain), set())
             todo = [m for m in cfg.methods if m not in finished]
-            if "ham_variants" in todo and all(f"ham:{v.label}" in finished for v in cfg.ham_variants):
+            if "ham_variants" in todo and all(f"ham:{v.label}" in finished for v in cfg.ham_variants
+                                              if v.applies_to(seed)):
                 todo.remove("ham_variants")
             if not todo:
                 log(f"[skip] seed {seed}, test domain {test_domain}: already in {results_path}")
@@ -257,7 +265,7 @@ def run_cell(cell: Cell, methods: list[str], results_path: Path, log: Log) -> li
     if "ham_variants" in methods:
         for variant in cfg.ham_variants:
             method = f"ham:{variant.label}"
-            if method in cell.done:
+            if method in cell.done or not variant.applies_to(cell.seed):
                 continue
             ham_cfg = cfg.variant_config(variant)
             reusable = can_reuse(ham_cfg, cfg.ham)
