@@ -72,7 +72,8 @@ class BenchOptions:
     part: Part = "main"
     quick: bool = False
     cache_dir: Path | None = None
-    # Worker processes (each on cores // jobs threads); `cells` = this process's share.
+    # Worker processes (each on cores // jobs threads; 0 = one per core); `cells` = this
+    # process's share when it is one of the workers.
     jobs: int = 1
     cells: set[tuple[int, str]] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +137,8 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
                       json.dumps({"benchmark": "pacs-cpu", "part": opts.part, "config": cfg.model_dump(mode="json")},
                                  indent=1))
     start = time.perf_counter()
-    if opts.jobs > 1 and opts.cells is None:
+    jobs = opts.jobs or (os.cpu_count() or 1)
+    if jobs > 1 and opts.cells is None:
         _run_in_workers(opts, cfg, log)
     else:
         run_experiment(cfg, log=log, cells=opts.cells)
@@ -150,7 +152,7 @@ def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, log: Log) -> None
     """Split the cells over opts.jobs workers, each running this command on its share."""
     cells, sizes = experiment_cells(cfg)
     # Cost ≈ images scored per cell (the held-out domain is scored by every method) + training.
-    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, opts.jobs)
+    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, opts.jobs or (os.cpu_count() or 1))
     warm_feature_cache(cfg, cells[0], log)
 
     def argv(share: Sequence[tuple[int, str]]) -> list[str]:
