@@ -61,11 +61,13 @@ def test_dg_bench_table_rows_and_resume(tmp_path):
 
 def test_multitask_bench_manual_and_auto_heads(tmp_path):
     setting = _setting(["p", "d"], {"d": 5})
+    pool = PoolSettings(**{**POOL.__dict__, "max_test": 6})
     table = run_multitask(tmp_path, data=tmp_path, weights=tmp_path, cache_dir=tmp_path, seed=0,
-                          combos=[["p", "d"]], ms=[1], pool=POOL, log=lambda _: None, setting=setting)
+                          combos=[["p", "d"]], ms=[1], pool=pool, log=lambda _: None, setting=setting)
     rows = read_results(tmp_path / "results.jsonl")
     assert {(r["method"], r["head"]) for r in rows} >= {("Individual", "manual"), ("AvgMean", "auto"),
                                                        ("Ours + RegMean, m = 1", "manual")}
     assert {r["task"] for r in rows} == {"p", "d"}
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
     assert "**2 tasks: p, d**" in table.read_text()
+    assert rows[0]["split"]["n_test"] == {"p": 6, "d": 6}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from dgmerge.data.splits import seed_hash
 from dgmerge.evaluation.results import append_result, make_row, read_results
 from dgmerge.gating.artifacts import load_grams, save_gate, save_grams
 from dgmerge.gating.combine import build_gated
@@ -33,9 +34,11 @@ from dgmerge.gating.experts import (
     train_expert,
     trained_keys,
 )
+from dgmerge.gating.gate import gate_fraction
 from dgmerge.gating.sources import Setting, load_setting
 from dgmerge.models.classifier import Classifier
 from dgmerge.pipeline.artifacts import save_model, write_text_atomic
+from dgmerge.training.feature_cache import ActivationDataset
 
 Log = Callable[[str], None]
 SELECTION = "none: the expert's final weights after a fixed number of steps (no validation split is used)"
@@ -109,7 +112,8 @@ def _combo(setting: Setting, out: Path, combo: list[str], experts: dict[str, tup
     name = "+".join(combo)
     save_gate(out / "models" / f"seed{seed}" / f"gate_{name}.safetensors", gate, setting.backbone_cfg, combo,
               pool.gate_fraction)
-    probs = {t: gate_probs(gate, tasks[t].test, pool.eval_batch) for t in combo}
+    tests = {t: _capped(tasks[t].test, pool.max_test, seed) for t in combo}
+    probs = {t: gate_probs(gate, tests[t], pool.eval_batch) for t in combo}
     log("   gate routes to the right task: " + ", ".join(
         f"{t} {float((probs[t].argmax(dim=1) == i).float().mean()):.3f}" for i, t in enumerate(combo)))
     models = [experts[t][0] for t in combo]
@@ -119,19 +123,19 @@ def _combo(setting: Setting, out: Path, combo: list[str], experts: dict[str, tup
                       [tasks[t].classes for t in combo], gate, [experts[t][1] for t in combo])
     ids = {"dataset": "PACS-tasks+digits", "test_domain": name, "seed": seed, "hparams": dict(pool.__dict__),
            "split": {"holdout_fraction": 0.2, "trial_seed": seed, "test_split": "out",
-                     "n_test": {t: len(tasks[t].test) for t in combo}},
+                     "n_test": {t: len(tests[t]) for t in combo}, "max_test": pool.max_test},
            "selection": SELECTION, "benchmark": "multitask", "combo": name, "tasks": combo}
     rows = []
     for i, task in enumerate(combo):  # each expert on its own task: the "Individual" row
         alone = build_gated(setting.backbone.encoder, models[i].state_dict(), [], [], gate, [heads[i]],
                             [tasks[task].classes], cut=setting.cut, inputs="activations").eval()
-        acc = score(alone, tasks[task].test, probs[task][:, i:i + 1], 0, pool.eval_batch)["manual"]
+        acc = score(alone, tests[task], probs[task][:, i:i + 1], 0, pool.eval_batch)["manual"]
         rows.append(make_row(**ids, method="Individual", head="manual", task=task, test_acc=acc, wall_time_s=0.0,
                              params=None, flops=None))
     for variant in variants(ms):
         t1 = time.perf_counter()
         model = merge_pool.build(variant)
-        scores = {t: score(model, tasks[t].test, probs[t], i, pool.eval_batch) for i, t in enumerate(combo)}
+        scores = {t: score(model, tests[t], probs[t], i, pool.eval_batch) for i, t in enumerate(combo)}
         for head_mode in ("manual", "auto"):
             with_gate = variant.m is not None or head_mode == "auto"
             cost = merge_pool.cost(model, with_gate=with_gate)
@@ -143,6 +147,14 @@ def _combo(setting: Setting, out: Path, combo: list[str], experts: dict[str, tup
         log(f"   {variant.label:<28} manual {100 * statistics.fmean(s['manual'] for s in scores.values()):5.1f}"
             f"  auto {100 * statistics.fmean(s['auto'] for s in scores.values()):5.1f}")
     return rows
+
+
+def _capped(data: ActivationDataset, limit: int | None, seed: int) -> ActivationDataset:
+    """`data`, or a seeded random subset of `limit` of its rows (the same for every method)."""
+    if limit is None or len(data) <= limit:
+        return data
+    rows = gate_fraction(list(range(len(data))), limit / len(data), seed_hash("max_test", seed))
+    return data.select([data.samples[i] for i in rows[:limit]])
 
 
 def render_multitask(rows: list[dict[str, Any]]) -> str:

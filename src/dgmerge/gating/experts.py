@@ -44,6 +44,7 @@ class PoolSettings:
     gate_lr: float = 1e-3
     gram_batches: int = 8
     eval_batch: int = 128
+    max_test: int | None = None  # multitask: score a seeded random subset of at most this many per task
 
 
 def probe_head(setting: Setting, data: Dataset, n_classes: int, pool: PoolSettings, seed: int) -> LinearHead:
