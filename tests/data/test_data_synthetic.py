@@ -64,9 +64,7 @@ def test_domains_look_different_and_shapes_are_drawn():
     assert all(np.abs(s - t).sum() > 8 for i, s in enumerate(stats) for t in stats[i + 1:])
 
 
-def test_generation_is_fast(tmp_path):
-    import time
-
-    start = time.perf_counter()
+def test_generation_writes_every_image(tmp_path):
+    # Speed is the demo's benchmark (BENCHMARKS.md), not a timed test: shared cores flake.
     generate_synthetic(tmp_path, images_per_class=20)  # 4 domains x 5 classes x 20 = 400 images
-    assert time.perf_counter() - start < 10
+    assert len([p for p in tmp_path.rglob("*") if p.suffix in (".png", ".jpg")]) == 400

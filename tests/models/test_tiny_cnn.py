@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -63,9 +62,10 @@ def test_tiny_cnn_last_n_trains_the_last_blocks_only():
     assert {n.split(".")[1] for n in names} == {"2", "3"}
 
 
-def test_tiny_cnn_is_fast_on_cpu():
+def test_tiny_cnn_stays_small_enough_for_cpu_demos():
+    # Size, not wall time, is what keeps the demo interactive (timed tests flake on shared cores).
     encoder = load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny")).encoder.train()
+    assert sum(p.numel() for p in encoder.parameters()) < 100_000
     images = torch.randn(64, 3, 64, 64)
-    start = time.perf_counter()
     encoder(images).sum().backward()
-    assert time.perf_counter() - start < 2.0  # a training step on a batch of 64 stays interactive
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
