@@ -80,9 +80,8 @@ class Pool:
         gated: list[str] = []
         if variant.m is not None:
             enc = self.setting.backbone.encoder
-            candidates = self._candidates(enc)
-            chosen = least_similar(candidate_similarities(self.experts, candidates), variant.m)
-            gated = gated_module_names(enc, candidates, chosen, self.setting.trainable, gate_norms)
+            chosen = least_similar(self.similarities(), variant.m)
+            gated = gated_module_names(enc, self._candidates(enc), chosen, self.setting.trainable, gate_norms)
         return build_gated(self.setting.backbone.encoder, merged, self.experts, gated, self.gate, self.heads,
                            self.task_classes, cut=self.setting.cut, mode=mode, inputs="activations").eval()
 

@@ -139,7 +139,7 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     start = time.perf_counter()
     jobs = opts.jobs or (os.cpu_count() or 1)
     if jobs > 1 and opts.cells is None:
-        _run_in_workers(opts, cfg, log)
+        _run_in_workers(opts, cfg, jobs, log)
     else:
         run_experiment(cfg, log=log, cells=opts.cells)
     wall = time.perf_counter() - start
@@ -148,11 +148,11 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     return report
 
 
-def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, log: Log) -> None:
-    """Split the cells over opts.jobs workers, each running this command on its share."""
+def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: Log) -> None:
+    """Split the cells over `jobs` workers, each running this command on its share."""
     cells, sizes = experiment_cells(cfg)
     # Cost ≈ images scored per cell (the held-out domain is scored by every method) + training.
-    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, opts.jobs or (os.cpu_count() or 1))
+    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, jobs)
     warm_feature_cache(cfg, cells[0], log)
 
     def argv(share: Sequence[tuple[int, str]]) -> list[str]:
