@@ -13,22 +13,18 @@ from typing import Any, List, Optional
 
 import typer
 
+from dgmerge.cli.common import fail
+
 _METHOD_HELP = ("Merge method: average, task_arithmetic, ties, dare, rhm, regmean, fisher, tsv, score, "
                 "lwptv, greedy_soup (Python API only), or gating (Ye et al.; needs --gate).")
 
 
-def _fail(message: str) -> None:
-    """One-line error on stderr and exit code 2, the convention for bad input."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
 def _check_model_args(models: List[Path]) -> None:
     if not models:
-        _fail("no fine-tuned models given; pass them after --models, e.g. --models a.safetensors b.safetensors")
+        fail("no fine-tuned models given; pass them after --models, e.g. --models a.safetensors b.safetensors")
     for path in models:
         if "=" in path.name and not path.exists():
-            _fail(f"{path}: looks like a setting, not a model file; pass each setting as --set {path}")
+            fail(f"{path}: looks like a setting, not a model file; pass each setting as --set {path}")
 
 
 def _summary(value: Any, depth: int = 0) -> Any:
@@ -86,8 +82,7 @@ def register(app: typer.Typer) -> None:
             hparams = parse_settings(method, settings or [])
             merged = merge_files(method, pretrained, list(models), out, force=force, **hparams)
         except MergeError as err:
-            _fail(str(err))
-            return
+            fail(str(err))
         if not quiet:
             typer.echo(f"merged {len(models)} models with {method} -> {out} "
                        f"({len(merged)} tensors, {time.perf_counter() - start:.1f} s)")
@@ -100,14 +95,13 @@ def register(app: typer.Typer) -> None:
         from dgmerge.merging import MergeError
 
         if gate is None:
-            _fail("--method gating needs --gate GATE.safetensors (written by `dgmerge bench gating-dg` or `multitask`)")
+            fail("--method gating needs --gate GATE.safetensors (written by `dgmerge bench gating-dg` or `multitask`)")
         start = time.perf_counter()
         try:
             summary = merge_gating_files(pretrained, models, gate, out, grams=grams, force=force,
                                          **parse_gating_settings(settings))
         except (MergeError, FileNotFoundError, ValueError) as err:
-            _fail(str(err))
-            return
+            fail(str(err))
         if not quiet:
             typer.echo(f"merged {len(models)} models with gating -> {out} ({time.perf_counter() - start:.1f} s)")
             typer.echo(json.dumps(_summary(summary), default=str))
@@ -127,12 +121,11 @@ def register(app: typer.Typer) -> None:
 
         _check_model_args(list(models or []))
         if heatmap is not None and heatmap.suffix.lower() != ".png":
-            _fail(f"{heatmap}: the heatmap is written as PNG; give a file name ending in .png")
+            fail(f"{heatmap}: the heatmap is written as PNG; give a file name ending in .png")
         try:
             report = inspect_files(pretrained, list(models))
         except MergeError as err:
-            _fail(str(err))
-            return
+            fail(str(err))
         typer.echo(format_report(report, max_layers))
         if heatmap is not None:
             heatmap.parent.mkdir(parents=True, exist_ok=True)

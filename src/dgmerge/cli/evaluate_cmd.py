@@ -1,0 +1,36 @@
+"""`dgmerge evaluate`: accuracy of a saved model on a dataset's domains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dgmerge.cli.common import fail
+
+
+def evaluate(
+    model: Path = typer.Argument(..., help="A model written by dgmerge (safetensors with metadata)."),
+    data: Path = typer.Option(..., help="DomainBed dataset dir to score, e.g. ../shared/data/PACS."),
+    domains: Optional[list[str]] = typer.Option(None, "--domain", help="Domain to score; repeat (default all)."),
+    like: Optional[Path] = typer.Option(None, help="Borrow architecture metadata from this model "
+                                        "(for merged state dicts written by `dgmerge merge`)."),
+    batch_size: int = typer.Option(64, help="Evaluation batch size."),
+    max_images: Optional[int] = typer.Option(None, help="Score only the first N images of each domain."),
+) -> None:
+    """Accuracy of a saved model on every image of each domain of a dataset."""
+    from dgmerge.pipeline.scoring import score_model
+
+    try:
+        scores = score_model(model, data, domains, like=like, batch_size=batch_size, max_images=max_images)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo("| domain | images | accuracy |\n|---|---:|---:|")
+    for domain, (count, acc) in scores.items():
+        typer.echo(f"| {domain} | {count} | {100 * acc:.1f} |")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dgmerge evaluate` to the root app."""
+    app.command()(evaluate)
