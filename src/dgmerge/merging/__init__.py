@@ -25,7 +25,7 @@ from dgmerge.merging.greedy_soup import greedy_soup
 
 from dgmerge.merging.checkpoints import load_state_dict, save_state_dict
 from dgmerge.merging.files import inspect_files, merge_files, parse_settings
-from dgmerge.merging.inspect import TaskVectorReport, format_report, save_heatmap, task_vector_report
+from dgmerge.merging.diagnostics import TaskVectorReport, format_report, save_heatmap, task_vector_report
 from dgmerge.merging.quantile import Threshold, kth_smallest_magnitudes, magnitude_thresholds
 from dgmerge.merging.similarity import least_similar_modules, module_similarities
 from dgmerge.merging.statistics import collect_fisher, collect_gram

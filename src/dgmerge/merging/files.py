@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dgmerge.merging.checkpoints import check_writable, load_state_dict, open_state_dict, save_state_dict
-from dgmerge.merging.inspect import TaskVectorReport, task_vector_report
+from dgmerge.merging.diagnostics import TaskVectorReport, task_vector_report
 from dgmerge.merging.registry import MergedState, get_method
 from dgmerge.merging.validate import MergeError, check_models
 
@@ -88,6 +88,6 @@ def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str
 
 
 def inspect_files(pretrained: str | os.PathLike, models: Sequence[str | os.PathLike]) -> TaskVectorReport:
-    """Task-vector diagnostics of checkpoint files (see `inspect.task_vector_report`)."""
+    """Task-vector diagnostics of checkpoint files (see `diagnostics.task_vector_report`)."""
     base, states = load_models(pretrained, models)
     return task_vector_report(base, states, names=[Path(p).stem for p in models])
