@@ -92,12 +92,12 @@ def _release_freed_memory() -> None:
 
 
 def write_models(directory: Path, n_models: int) -> None:
-    from safetensors.torch import save_file
+    from dgmerge.files import save_state_dict
 
     pre, fts = make_models(n_models)
-    save_file(pre, str(directory / "pretrained.safetensors"))
+    save_state_dict(directory / "pretrained.safetensors", pre, force=True)
     for i, state in enumerate(fts):
-        save_file(state, str(directory / f"model{i}.safetensors"))
+        save_state_dict(directory / f"model{i}.safetensors", state, force=True)
 
 
 def _statistics(method: str, pre: dict, n_models: int) -> dict:
@@ -129,13 +129,14 @@ def rss_mb() -> float:
 
 
 def worker(case: str, n_models: int, files: str | None) -> dict:
-    from dgmerge.merging import load_state_dict, merge, merge_files
+    from dgmerge.files import read_state_dict
+    from dgmerge.merging import merge, merge_files
 
     runtime = rss_mb()  # python + torch, before any tensor exists
     method, hparams = CASES[case]
     if files:
         directory = Path(files)
-        pre = load_state_dict(directory / "pretrained.safetensors")  # only to build statistics
+        pre = read_state_dict(directory / "pretrained.safetensors")  # only to build statistics
         hparams = {**hparams, **_statistics(method, pre, n_models)}
         model_mb = sum(t.numel() * t.element_size() for t in pre.values()) / 2**20
         params = sum(t.numel() for t in pre.values())

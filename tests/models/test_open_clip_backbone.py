@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dgmerge.config import BackboneConfig
-from dgmerge.models import ZeroShotHead, load_backbone, load_state_file, save_encoder, trainable_encoder_names
-from dgmerge.models.io import WeightsError
+from dgmerge.files import ModelFileError, read_state_dict, save_state_dict
+from dgmerge.models import ZeroShotHead, load_backbone, trainable_encoder_names
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def test_pretrained_may_be_a_local_file_and_encoder_round_trips(tmp_path, tiny_o
     images = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(backbone.encode(images), reference.encode_image(images))
     # A saved visual tower goes back into a fresh visual tower (what merging writes out).
-    path = save_encoder(tmp_path / "visual.safetensors", backbone.encoder)
+    path = save_state_dict(tmp_path / "visual.safetensors", backbone.encoder)
     fresh = load_backbone(BackboneConfig(kind="open_clip", name=name, checkpoint=checkpoint)).encoder
-    fresh.load_state_dict(load_state_file(path))
+    fresh.load_state_dict(read_state_dict(path))
     torch.testing.assert_close(fresh(images), backbone.encode(images))
 
 
@@ -86,5 +86,5 @@ def test_bad_checkpoint_names_the_file(tmp_path, tiny_open_clip):
         load_backbone(BackboneConfig(kind="open_clip", name=name, checkpoint=tmp_path / "no_such_clip.pt"))
     partial = tmp_path / "visual_only.pt"
     torch.save({k: v for k, v in tiny_open_clip[1].state_dict().items() if k.startswith("visual.")}, partial)
-    with pytest.raises(WeightsError, match=r"visual_only\.pt.*missing keys.*text_projection"):
+    with pytest.raises(ModelFileError, match=r"visual_only\.pt.*missing keys.*text_projection"):
         load_backbone(BackboneConfig(kind="open_clip", name=name, checkpoint=partial))

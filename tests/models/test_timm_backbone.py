@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dgmerge.config import BackboneConfig
-from dgmerge.models import Classifier, load_backbone, load_state_file, set_trainable, trainable_encoder_names
-from dgmerge.models.io import WeightsError
+from dgmerge.files import ModelFileError, read_state_dict
+from dgmerge.models import Classifier, load_backbone, set_trainable, trainable_encoder_names
 from dgmerge.models.timm_backbone import SHARED_MOBILENETV2, shared_mobilenetv2_config
 
 
@@ -63,7 +63,7 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     # Another architecture's weights: the error names the file and the offending keys.
     other = tmp_path / "mobilenet_for_resnet.safetensors"
     save_file({k: v.contiguous() for k, v in _full_model("mobilenetv2_050").state_dict().items()}, str(other))
-    with pytest.raises(WeightsError, match=r"mobilenet_for_resnet\.safetensors.*missing keys.*layer1"):
+    with pytest.raises(ModelFileError, match=r"mobilenet_for_resnet\.safetensors.*missing keys.*layer1"):
         load_backbone(BackboneConfig(kind="timm", name="resnet18", checkpoint=other))
     with pytest.raises(ValueError, match="neither 'hub' nor an existing file"):
         load_backbone(BackboneConfig(kind="timm", name="resnet18", pretrained="imagenet"))
@@ -98,7 +98,7 @@ def test_shared_mobilenetv2_loads_and_predicts_sensibly(shared_weights):
     backbone = load_backbone(shared_mobilenetv2_config(shared_weights))
     assert (backbone.feature_dim, backbone.image_size, backbone.mean) == (1280, 224, (0.5, 0.5, 0.5))
     # The encoder dropped the ImageNet classifier; apply it by hand to check the features mean something.
-    full = load_state_file(shared_weights)
+    full = read_state_dict(shared_weights)
     weight, bias = full["classifier.weight"], full["classifier.bias"]
     photos = shared_weights.parents[1] / "data" / "PACS" / "photo"
     images, wanted = [], []

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from dgmerge.config import BackboneConfig
-from dgmerge.models import load_backbone, save_encoder, trainable_encoder_names
-from dgmerge.models.io import WeightsError
+from dgmerge.files import ModelFileError, save_state_dict
+from dgmerge.models import load_backbone, trainable_encoder_names
 
 
 def test_tiny_cnn_shapes_structure_and_transform():
@@ -38,7 +38,7 @@ def test_tiny_cnn_default_init_is_seeded_and_leaves_global_rng_alone():
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_tiny_cnn_loads_its_saved_state(tmp_path, suffix):
     source = load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny", model_kwargs={"seed": 7})).encoder
-    path = save_encoder(tmp_path / f"tiny{suffix}", source)
+    path = save_state_dict(tmp_path / f"tiny{suffix}", source)
     loaded = load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny", checkpoint=path)).encoder
     images = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded.eval()(images), source.eval()(images))
@@ -48,8 +48,8 @@ def test_tiny_cnn_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny", checkpoint=tmp_path / "missing.safetensors"))
     micro = load_backbone(BackboneConfig(kind="tiny_cnn", name="micro")).encoder
-    path = save_encoder(tmp_path / "micro.safetensors", micro)
-    with pytest.raises(WeightsError, match="micro.safetensors.*shape mismatches"):
+    path = save_state_dict(tmp_path / "micro.safetensors", micro)
+    with pytest.raises(ModelFileError, match="micro.safetensors.*shape mismatches"):
         load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny", checkpoint=path))
     with pytest.raises(ValueError, match="unknown tiny_cnn width"):
         load_backbone(BackboneConfig(kind="tiny_cnn", name="huge"))

@@ -22,7 +22,7 @@ from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead
-from dgmerge.pipeline.artifacts import save_model
+from dgmerge.files import save_model
 from dgmerge.reports.ablations import ablation_markdown, variant_label
 from dgmerge.reports.figures import (
     ham_diagnostics,

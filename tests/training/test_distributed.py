@@ -157,7 +157,7 @@ def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path)
     """`torchrun -m dgmerge.train` on tiny generated images: same row as `dgmerge train` with methods [ham]."""
     from dgmerge.data.synthetic import generate_synthetic
     from dgmerge.evaluation.results import read_results
-    from dgmerge.merging import load_state_dict
+    from dgmerge.files import read_state_dict
     from dgmerge.pipeline.experiment import run_experiment
 
     root = tmp_path / "data"
@@ -188,6 +188,6 @@ def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path)
     assert row["method"] == "ham" and row["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert row["test_acc"] == pytest.approx(single[0]["test_acc"], abs=1e-6)
     assert row["experiment_key"] == single[0]["experiment_key"]
-    merged = [load_state_dict(tmp_path / run / "models" / "seed0" / "outline" / "ham.safetensors")
+    merged = [read_state_dict(tmp_path / run / "models" / "seed0" / "outline" / "ham.safetensors")
               for run in ("dist", "single")]
     assert close(*merged)

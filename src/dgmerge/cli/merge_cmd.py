@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         copies and every model's head; settings: base=average|task_arithmetic|regmean, m=0..5,
         gate_norms, mode=sample|batch. `dgmerge evaluate` loads it.
         """
+        from dgmerge.files import ModelFileError
         from dgmerge.merging import MergeError, merge_files, parse_settings
 
         _check_model_args(list(models or []))
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
         try:
             hparams = parse_settings(method, settings or [])
             merged = merge_files(method, pretrained, list(models), out, force=force, **hparams)
-        except MergeError as err:
+        except (MergeError, ModelFileError) as err:
             fail(str(err))
         if not quiet:
             typer.echo(f"merged {len(models)} models with {method} -> {out} "
@@ -117,6 +118,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
     ) -> None:
         """Per-layer task-vector norms, pairwise cosine similarity and sign-conflict rates."""
+        from dgmerge.files import ModelFileError
         from dgmerge.merging import MergeError, format_report, inspect_files, save_heatmap
 
         _check_model_args(list(models or []))
@@ -124,7 +126,7 @@ def register(app: typer.Typer) -> None:
             fail(f"{heatmap}: the heatmap is written as PNG; give a file name ending in .png")
         try:
             report = inspect_files(pretrained, list(models))
-        except MergeError as err:
+        except (MergeError, ModelFileError) as err:
             fail(str(err))
         typer.echo(format_report(report, max_layers))
         if heatmap is not None:

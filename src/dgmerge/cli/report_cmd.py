@@ -22,7 +22,7 @@ def report(
 ) -> None:
     """Print a markdown table: rows = methods, columns = test domains + Avg, mean ± std over seeds."""
     from dgmerge.evaluation.results import read_results
-    from dgmerge.pipeline.artifacts import write_text_atomic
+    from dgmerge.atomic import write_text_atomic
     from dgmerge.pipeline.sweep import select_by_validation, sweep_results
     from dgmerge.reports.table import build_tables, to_csv, to_markdown
 

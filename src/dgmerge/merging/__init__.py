@@ -4,7 +4,8 @@
     merged = merge("ties", pretrained_state, [state_a, state_b], keep=0.2)
 
 Methods are pure functions of state dicts (plus statistics for regmean/fisher and an
-evaluation callback for greedy_soup). Importing this package registers all of them.
+evaluation callback for greedy_soup). Importing this package registers all of them. Model files
+are read and written by `dgmerge.files`.
 """
 
 from dgmerge.merging.registry import METHODS, MergedState, available, get_method, merge, register
@@ -23,7 +24,6 @@ from dgmerge.merging.score import score
 from dgmerge.merging.lwptv import lwptv
 from dgmerge.merging.greedy_soup import greedy_soup
 
-from dgmerge.merging.checkpoints import load_state_dict, save_state_dict
 from dgmerge.merging.files import inspect_files, merge_files, parse_settings
 from dgmerge.merging.diagnostics import TaskVectorReport, format_report, save_heatmap, task_vector_report
 from dgmerge.merging.quantile import Threshold, kth_smallest_magnitudes, magnitude_thresholds
@@ -35,7 +35,7 @@ from dgmerge.merging.trajectory import EMA, HistoricalAverage, beta_weight
 __all__ = [
     "METHODS", "MergedState", "MergeError", "Param", "available", "get_method", "merge", "register",
     "check_models", "average", "task_arithmetic", "ties", "dare", "rhm", "regmean", "fisher", "tsv",
-    "score", "lwptv", "greedy_soup", "load_state_dict", "save_state_dict", "merge_files",
+    "score", "lwptv", "greedy_soup", "merge_files",
     "inspect_files", "parse_settings", "TaskVectorReport", "task_vector_report", "format_report",
     "save_heatmap", "Threshold", "kth_smallest_magnitudes", "magnitude_thresholds",
     "least_similar_modules", "module_similarities", "collect_gram", "collect_fisher", "task_vector",

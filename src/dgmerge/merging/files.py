@@ -1,4 +1,8 @@
-"""File-level entry points used by the CLI: merge checkpoints on disk, inspect them, parse --set."""
+"""File-level entry points used by the CLI: merge checkpoints on disk, inspect them, parse --set.
+
+Reading and writing go through `dgmerge.files`; its ModelFileError (a ValueError naming the
+file) passes through unchanged, beside this package's MergeError.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dgmerge.merging.checkpoints import check_writable, load_state_dict, open_state_dict, save_state_dict
+from dgmerge.files import check_writable, open_state_dict, read_state_dict, save_state_dict
 from dgmerge.merging.diagnostics import TaskVectorReport, task_vector_report
 from dgmerge.merging.registry import MergedState, get_method
 from dgmerge.merging.validate import MergeError, check_models
@@ -29,7 +33,7 @@ def parse_settings(method: str, settings: Sequence[str]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for key, value in pairs:
         if key in spec.params:
-            parsed[key] = spec.params[key].parse(method, key, value, load_state_dict)
+            parsed[key] = spec.params[key].parse(method, key, value, read_state_dict)
     for key, value in pairs:
         if key in spec.params:
             continue
@@ -38,7 +42,7 @@ def parse_settings(method: str, settings: Sequence[str]) -> dict[str, Any]:
             accepted = sorted(spec.params)
             raise MergeError(f"{method}: unknown hyperparameter {key!r} in --set; accepted: {', '.join(accepted)}"
                              + (" (+ those of the base method)" if spec.base_param else ""))
-        parsed[key] = param.parse(method, key, value, load_state_dict)
+        parsed[key] = param.parse(method, key, value, read_state_dict)
     return parsed
 
 
@@ -55,8 +59,8 @@ def load_models(pretrained: str | os.PathLike, models: Sequence[str | os.PathLik
     """
     if not models:
         raise MergeError("no fine-tuned models given; pass them with --models A B ...")
-    base = load_state_dict(pretrained)
-    opener = open_state_dict if lazy else load_state_dict
+    base = read_state_dict(pretrained)
+    opener = open_state_dict if lazy else read_state_dict
     states = [opener(path) for path in models]
     check_models(base, states, names=[str(p) for p in models], pretrained_name=str(pretrained))
     return base, states
@@ -83,7 +87,7 @@ def merge_files(method: str, pretrained: str | os.PathLike, models: Sequence[str
     merged = spec.fn(base, states, **hparams)
     metadata = {"dgmerge_method": method, "dgmerge_hparams": json.dumps(_printable(hparams)),
                 "dgmerge_models": json.dumps([Path(p).name for p in models])}
-    save_state_dict(merged, out, force=force, metadata=metadata)
+    save_state_dict(out, merged, force=force, metadata=metadata)
     return merged
 
 

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from dgmerge.config import BackboneConfig
+from dgmerge.files import read_state_dict
 from dgmerge.models.backbone import Backbone
 from dgmerge.models.factory import register_loader
-from dgmerge.models.io import load_state_file, load_strict
+from dgmerge.models.fit_weights import load_strict
 from dgmerge.models.structure import resize_crop_normalize
 
 # width tag (cfg.name) -> channels of the four stages
@@ -60,7 +61,7 @@ def load_tiny_cnn(cfg: BackboneConfig) -> Backbone:
         raise ValueError(f"tiny_cnn takes only model_kwargs.seed, got {sorted(unknown)}")
     model = build_tiny_cnn(cfg.name, seed=int(cfg.model_kwargs.get("seed", INIT_SEED)))
     if cfg.checkpoint is not None:
-        load_strict(model, load_state_file(cfg.checkpoint), source=str(cfg.checkpoint))
+        load_strict(model, read_state_dict(cfg.checkpoint), source=str(cfg.checkpoint))
     image_size = cfg.image_size or DEFAULT_IMAGE_SIZE
     mean = tuple(cfg.mean or (0.5, 0.5, 0.5))
     std = tuple(cfg.std or (0.5, 0.5, 0.5))

@@ -14,7 +14,7 @@ from typing import Callable
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
-from dgmerge.pipeline.artifacts import write_text_atomic
+from dgmerge.atomic import write_text_atomic
 from dgmerge.pipeline.experiment import run_experiment
 from dgmerge.pipeline.pretrain import pretrain_backbone
 from dgmerge.reports.table import build_tables, to_markdown

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.data.cache import InMemoryDataset
+from dgmerge.files import save_state_dict
 from dgmerge.models import load_backbone
-from dgmerge.atomic import atomic_write
 from dgmerge.progress import progress
 from dgmerge.training.batches import BatchStream
 
@@ -48,7 +47,4 @@ def pretrain_backbone(dataset_dir: Path, cfg: BackboneConfig, out_path: Path, st
         loss.backward()
         optimizer.step()
         scheduler.step()
-    state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_write(Path(out_path)) as temp:
-        save_file(state, str(temp))
-    return Path(out_path)
+    return save_state_dict(out_path, encoder, force=True)

@@ -6,15 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
+from dgmerge.files import read_meta, read_state_dict
 from dgmerge.evaluation.accuracy import accuracy
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead, ZeroShotHead
-from dgmerge.pipeline.artifacts import read_model_meta
 
 
 def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[str, Any], Any]:
@@ -25,13 +23,13 @@ def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[s
     A gating merge (`dgmerge merge --method gating`) comes back as a GatedClassifier.
     Returns (model, metadata, eval transform).
     """
-    meta = read_model_meta(like or path)
+    meta = read_meta(like or path)
     if meta.get("method") == "gating":
         from dgmerge.gating.files import load_gated
 
         gated, transform = load_gated(Path(path), meta)
         return gated, meta, transform  # type: ignore[return-value]
-    state = load_file(str(path))
+    state = read_state_dict(path)
     cfg = BackboneConfig.model_validate(meta["backbone"])
     # Weights are all in `state`: build the bare architecture, never download.
     arch = cfg.model_copy(update={"checkpoint": None, "pretrained": None})

@@ -164,10 +164,10 @@ def _sensitivities(rows: list[dict[str, Any]], out_dir: Path, force: bool, repor
 
 
 def _default_data_dir(run_dir: Path, model_path: Path) -> Path | None:
-    from dgmerge.pipeline.artifacts import read_model_meta
+    from dgmerge.files import read_meta
 
     try:
-        dataset = read_model_meta(model_path).get("dataset")
+        dataset = read_meta(model_path).get("dataset")
     except (FileNotFoundError, ValueError):
         return None
     candidate = run_dir / "data" / str(dataset)

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from dgmerge.evaluation.results import config_hash
+from dgmerge.files import read_state_dict, save_state_dict
 from dgmerge.models.stages import Cut, capture
-from dgmerge.atomic import atomic_write
 from dgmerge.progress import progress
 
 
@@ -65,7 +64,7 @@ def cached_activations(encoder: torch.nn.Module, cut: Cut, dataset: Dataset, *, 
     samples = list(getattr(dataset, "samples"))
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
-        stored = load_file(str(path))
+        stored = read_state_dict(path)
         return ActivationDataset(stored["activations"], stored["labels"], samples)
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     was_training = encoder.training
@@ -78,7 +77,6 @@ def cached_activations(encoder: torch.nn.Module, cut: Cut, dataset: Dataset, *, 
     encoder.train(was_training)
     activations, label_tensor = torch.cat(chunks), torch.cat(labels)
     if path is not None:
-        with atomic_write(path) as temp:
-            save_file({"activations": activations.contiguous(), "labels": label_tensor}, str(temp),
-                      metadata={"cut": cut.block, "images": json.dumps(len(samples))})
+        save_state_dict(path, {"activations": activations, "labels": label_tensor}, force=True,
+                        metadata={"cut": cut.block, "images": json.dumps(len(samples))})
     return ActivationDataset(activations, label_tensor, samples)

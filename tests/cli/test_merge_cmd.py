@@ -6,13 +6,12 @@ import json
 import pytest
 import torch
 import typer
-from safetensors import safe_open
 from typer.testing import CliRunner
 
 from dgmerge.cli import merge_cmd
-from dgmerge.merging import load_state_dict, merge, save_state_dict
-
-from .helpers import finetune, vit_like
+from dgmerge.files import read_metadata, read_state_dict, save_state_dict
+from dgmerge.merging import merge
+from merging.helpers import finetune, vit_like
 
 app = typer.Typer()
 
@@ -35,9 +34,9 @@ def run(*args):
 def files(tmp_path):
     pre = vit_like(0)
     fts = [finetune(pre, i) for i in range(3)]
-    save_state_dict(pre, tmp_path / "pre.safetensors")
-    save_state_dict(fts[0], tmp_path / "a.safetensors")
-    save_state_dict(fts[1], tmp_path / "b.pt")
+    save_state_dict(tmp_path / "pre.safetensors", pre)
+    save_state_dict(tmp_path / "a.safetensors", fts[0])
+    save_state_dict(tmp_path / "b.pt", fts[1])
     torch.save({"state_dict": {"module." + k: v for k, v in fts[2].items()}, "epoch": 1}, tmp_path / "c.pt")
     return tmp_path, pre, fts
 
@@ -51,25 +50,24 @@ def test_round_trip_matches_the_python_api(files, out_name):
     assert code == 0, output
     assert "merged 3 models with ties" in output and '"thresholds"' in output
     expected = merge("ties", pre, fts, keep=0.5, scale=0.8)
-    got = load_state_dict(tmp / out_name)
+    got = read_state_dict(tmp / out_name)
     for key in pre:
         assert torch.equal(got[key], expected[key]), key
     if out_name.endswith(".safetensors"):
-        with safe_open(str(tmp / out_name), "pt") as f:
-            meta = f.metadata()
+        meta = read_metadata(tmp / out_name)
         assert meta["dgmerge_method"] == "ties" and json.loads(meta["dgmerge_hparams"]) == {"keep": 0.5, "scale": 0.8}
 
 
 def test_wrapper_method_with_base_settings_and_hf_directory(files):
     tmp, pre, fts = files
     (tmp / "hf").mkdir()
-    save_state_dict(pre, tmp / "hf" / "model.safetensors")
+    save_state_dict(tmp / "hf" / "model.safetensors", pre)
     code, output = run("merge", "-m", "dare", "-p", tmp / "hf", "--models", tmp / "a.safetensors", tmp / "b.pt",
                        "-o", tmp / "d.safetensors", "--set", "drop=0.5", "--set", "base=rhm", "--set", "trim=0.1",
                        "--set", "seed=7")
     assert code == 0, output
     expected = merge("dare", pre, fts[:2], drop=0.5, base="rhm", trim=0.1, seed=7)
-    got = load_state_dict(tmp / "d.safetensors")
+    got = read_state_dict(tmp / "d.safetensors")
     assert all(torch.equal(got[k], expected[k]) for k in pre)
 
 
@@ -88,12 +86,12 @@ def test_refuses_to_overwrite_without_force(files):
     (lambda t: None, ["keep"], "expected key=value"),
     (lambda t: None, ["keep=abc"], "cannot read 'abc' as float"),
     (lambda t: None, ["nope=1"], "unknown hyperparameter 'nope'"),
-    (lambda t: save_state_dict({"w": torch.ones(2)}, t / "a.safetensors", force=True), [],
+    (lambda t: save_state_dict(t / "a.safetensors", {"w": torch.ones(2)}, force=True), [],
      "a.safetensors: key sets differ"),
-    (lambda t: save_state_dict({**vit_like(0), "cls_token": torch.ones(1, 1, 3)}, t / "a.safetensors", force=True),
+    (lambda t: save_state_dict(t / "a.safetensors", {**vit_like(0), "cls_token": torch.ones(1, 1, 3)}, force=True),
      [], "a.safetensors: shapes differ from"),
-    (lambda t: save_state_dict({**vit_like(0), "cls_token": torch.full((1, 1, 8), float("nan"))},
-                               t / "a.safetensors", force=True), [],
+    (lambda t: save_state_dict(t / "a.safetensors",
+                               {**vit_like(0), "cls_token": torch.full((1, 1, 8), float("nan"))}, force=True), [],
      "a.safetensors: tensor 'cls_token' contains 8 NaN"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(files, setup, settings, message):
@@ -137,12 +135,13 @@ def test_inspect_prints_the_report_and_saves_a_heatmap(files):
 
 
 def test_root_app_exposes_merge_and_inspect(files):
-    main = pytest.importorskip("dgmerge.cli.main", reason="root CLI needs the other command modules")
+    from dgmerge.cli import main
+
     tmp, pre, fts = files
     result = runner.invoke(main.app, ["merge", "--method", "rhm", "--pretrained", str(tmp / "pre.safetensors"),
                                       "--models", str(tmp / "a.safetensors"), str(tmp / "b.pt"),
                                       "--out", str(tmp / "r.safetensors"), "--set", "trim=0.2", "--quiet"])
     assert result.exit_code == 0, result.output
     expected = merge("rhm", pre, fts[:2], trim=0.2)
-    got = load_state_dict(tmp / "r.safetensors")
+    got = read_state_dict(tmp / "r.safetensors")
     assert all(torch.equal(got[k], expected[k]) for k in pre)
