@@ -17,12 +17,12 @@ import time
 import torch
 from torch.nn import functional as F
 
-from dgmerge.config import BackboneConfig
-from dgmerge.models import load_backbone, shared_mobilenetv2_config
+from dgmerge.config import BackboneConfig, shared_mobilenetv2_config
+from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier, set_trainable
 from dgmerge.models.heads import LinearHead
 from dgmerge.models.stages import Cut, capture, first_trainable_block
-from dgmerge.models.timm_backbone import shared_dir
+from dgmerge.models.entries import TFLITE_MOBILENETV2, shared_dir
 
 
 def step_time(model: Classifier, inputs: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
@@ -47,8 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     shared = shared_dir()
-    cfg = shared_mobilenetv2_config() if shared else BackboneConfig(kind="timm", name="mobilenetv2_100",
-                                                                     model_kwargs={"pad_type": "same"})
+    # Without shared/'s weights: the same network (the entry's padding), randomly initialised.
+    cfg = shared_mobilenetv2_config() if shared else BackboneConfig(
+        kind="timm", name=TFLITE_MOBILENETV2.model, model_kwargs=dict(TFLITE_MOBILENETV2.model_kwargs))
     backbone = load_backbone(cfg)
     model = Classifier(backbone.encoder, LinearHead(backbone.feature_dim, 7))
     trainable = set_trainable(model, backbone, f"last:{args.last}")

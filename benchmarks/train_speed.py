@@ -28,22 +28,22 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from dgmerge.config import BackboneConfig, TrainConfig
-from dgmerge.models import load_backbone, shared_mobilenetv2_config
+from dgmerge.config import BackboneConfig, HamConfig, TrainConfig, shared_mobilenetv2_config
+from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier, set_trainable
 from dgmerge.models.heads import LinearHead
 from dgmerge.models.stages import Cut, capture, first_trainable_block
-from dgmerge.models.timm_backbone import shared_dir
+from dgmerge.models.entries import TFLITE_MOBILENETV2, shared_dir
 from dgmerge.training.ham import train_ham
-from dgmerge.training.ham_config import HamConfig
 
 SOURCES = ("a", "b", "c")
 
 
 def build(last: int) -> tuple[Classifier, Cut, int]:
     """θ0 with a linear head on 7 classes, trainable last:N, and its activation cut."""
-    cfg = shared_mobilenetv2_config() if shared_dir() else BackboneConfig(kind="timm", name="mobilenetv2_100",
-                                                                           model_kwargs={"pad_type": "same"})
+    # Without shared/'s weights: the same network (the entry's padding), randomly initialised.
+    cfg = shared_mobilenetv2_config() if shared_dir() else BackboneConfig(
+        kind="timm", name=TFLITE_MOBILENETV2.model, model_kwargs=dict(TFLITE_MOBILENETV2.model_kwargs))
     backbone = load_backbone(cfg)
     torch.manual_seed(0)
     model = Classifier(backbone.encoder, LinearHead(backbone.feature_dim, 7))

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from pydantic import ValidationError
 
 from dgmerge.config import BackboneConfig
 from dgmerge.models import LOADERS, Classifier, build_classifier, build_linear_head, load_backbone, register_loader
 
 
-def test_every_config_kind_has_a_loader():
-    kinds = BackboneConfig.model_fields["kind"].annotation.__args__
-    assert set(kinds) <= set(LOADERS)
+def test_config_kinds_are_the_registered_loaders():
+    assert {BackboneConfig(kind=kind).kind for kind in LOADERS} == set(LOADERS)
+    with pytest.raises(ValidationError, match=f"registered: {', '.join(sorted(LOADERS))}"):
+        BackboneConfig(kind="nope")
+
+
+def test_loaders_take_any_object_with_the_spec_attributes():
+    # models does not import the config package: a plain record with BackboneSpec's attributes will do.
+    spec = SimpleNamespace(kind="tiny_cnn", name="micro", pretrained=None, checkpoint=None, model_kwargs={"seed": 1},
+                           templates=[], mean=None, std=None, image_size=32)
+    backbone = load_backbone(spec)
+    assert (backbone.feature_dim, backbone.image_size) == (32, 32)
 
 
 def test_load_backbone_dispatches_through_the_registry(monkeypatch):

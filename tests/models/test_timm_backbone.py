@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from dgmerge.config import BackboneConfig
+from dgmerge.config import BackboneConfig, shared_mobilenetv2_config
 from dgmerge.files import ModelFileError, read_state_dict
 from dgmerge.models import Classifier, load_backbone, set_trainable, trainable_encoder_names
-from dgmerge.models.timm_backbone import SHARED_MOBILENETV2, shared_mobilenetv2_config
 
 
 def _full_model(name: str, **kwargs) -> torch.nn.Module:
@@ -65,7 +64,7 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     save_file({k: v.contiguous() for k, v in _full_model("mobilenetv2_050").state_dict().items()}, str(other))
     with pytest.raises(ModelFileError, match=r"mobilenet_for_resnet\.safetensors.*missing keys.*layer1"):
         load_backbone(BackboneConfig(kind="timm", name="resnet18", checkpoint=other))
-    with pytest.raises(ValueError, match="neither 'hub' nor an existing file"):
+    with pytest.raises(ValueError, match="neither 'hub', an entry nor an existing file"):
         load_backbone(BackboneConfig(kind="timm", name="resnet18", pretrained="imagenet"))
 
 
@@ -81,17 +80,6 @@ def test_pretrained_may_name_a_local_file(tmp_path):
 
 # ImageNet-1k class ids: dogs are 151..268; elephants 101 (tusker), 385, 386; guitars 402, 546.
 PACS_EXPECTATIONS = {"dog": set(range(151, 269)), "elephant": {101, 385, 386}, "guitar": {402, 546}}
-
-
-@pytest.fixture(scope="module")
-def shared_weights(shared_root: Path | None) -> Path:
-    root = shared_root
-    if root is None:
-        pytest.skip("shared/ folder (repository sibling or $DGMERGE_SHARED) is absent")
-    path = root / SHARED_MOBILENETV2
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
 
 
 def test_shared_mobilenetv2_loads_and_predicts_sensibly(shared_weights):

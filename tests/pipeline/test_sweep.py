@@ -6,9 +6,9 @@ import yaml
 from typer.testing import CliRunner
 
 from dgmerge.cli.main import app
-from dgmerge.config import ConfigError
+from dgmerge.config import HAM_SPACE, ConfigError
 from dgmerge.data.synthetic import generate_synthetic
-from dgmerge.pipeline.sweep import HAM_SPACE, SweepSpec, plan_jobs, run_sweep, select_by_validation, variants
+from dgmerge.pipeline.sweep import SweepSpec, plan_jobs, run_sweep, select_by_validation, variants
 
 
 def test_grid_is_the_cartesian_product_in_order():

@@ -7,13 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dgmerge.config import TrainConfig
+from dgmerge.config import HamConfig, TrainConfig
 from dgmerge.models.classifier import Classifier
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune
 from dgmerge.training.ham import train_ham
-from dgmerge.training.ham_config import HamConfig
 
 
 class Killed(Exception):

@@ -1,15 +1,43 @@
-"""The Backbone record every loader returns: an image encoder plus what it needs to be used."""
+"""What a loader takes (BackboneSpec) and returns (Backbone): an image encoder plus what it needs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
 # (class names, prompt templates) -> head mapping encoder features to logits.
 HeadBuilder = Callable[[list[str], list[str]], nn.Module]
+
+
+class BackboneSpec(Protocol):
+    """What a backbone loader reads: the attributes of `dgmerge.config.BackboneConfig`.
+
+    Loaders take any object with these attributes, so models need not import the config
+    package (which sits above them); None means "the loader's or the weights' own value".
+    """
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def pretrained(self) -> str | None: ...
+    @property
+    def checkpoint(self) -> Path | None: ...
+    @property
+    def model_kwargs(self) -> Mapping[str, Any]: ...
+    @property
+    def templates(self) -> Sequence[str]: ...
+    @property
+    def mean(self) -> tuple[float, float, float] | None: ...
+    @property
+    def std(self) -> tuple[float, float, float] | None: ...
+    @property
+    def image_size(self) -> int | None: ...
 
 
 @dataclass

@@ -6,18 +6,17 @@ from typing import Callable
 
 from torch import nn
 
-from dgmerge.config import BackboneConfig
-from dgmerge.models.backbone import Backbone
+from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.classifier import Classifier
 
-Loader = Callable[[BackboneConfig], Backbone]
+Loader = Callable[[BackboneSpec], Backbone]
 
 # kind -> loader; filled by @register_loader in the loader modules that models/__init__ imports.
 LOADERS: dict[str, Loader] = {}
 
 
 def register_loader(kind: str) -> Callable[[Loader], Loader]:
-    """Decorator adding a `BackboneConfig -> Backbone` loader for `kind` to LOADERS."""
+    """Decorator adding a `BackboneSpec -> Backbone` loader for `kind` to LOADERS."""
 
     def add(loader: Loader) -> Loader:
         if kind in LOADERS and LOADERS[kind] is not loader:
@@ -28,8 +27,8 @@ def register_loader(kind: str) -> Callable[[Loader], Loader]:
     return add
 
 
-def load_backbone(cfg: BackboneConfig) -> Backbone:
-    """Build the backbone that `cfg` describes (kind open_clip | hf_clip | timm | tiny_cnn)."""
+def load_backbone(cfg: BackboneSpec) -> Backbone:
+    """Build the backbone that `cfg` describes, with the loader registered for `cfg.kind`."""
     try:
         loader = LOADERS[cfg.kind]
     except KeyError:

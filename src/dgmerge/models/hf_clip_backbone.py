@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgmerge.config import BackboneConfig
-from dgmerge.models.backbone import Backbone
+from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.factory import register_loader
 from dgmerge.models.heads import ZeroShotHead, average_prompt_embeddings
 from dgmerge.models.structure import resize_crop_normalize
@@ -32,7 +31,7 @@ class HFCLIPImageEncoder(nn.Module):
 
 
 @register_loader("hf_clip")
-def load_hf_clip(cfg: BackboneConfig) -> Backbone:
+def load_hf_clip(cfg: BackboneSpec) -> Backbone:
     """`CLIPModel.from_pretrained` on cfg.checkpoint (a local directory) or cfg.name (hub id or
     directory); the tokenizer and image processor come from the same place."""
     from transformers import CLIPModel, CLIPTokenizer
@@ -83,7 +82,7 @@ def make_text_head_builder(model: nn.Module, tokenizer: Any):
     return build
 
 
-def _preprocess_settings(source: str, model: nn.Module, cfg: BackboneConfig,
+def _preprocess_settings(source: str, model: nn.Module, cfg: BackboneSpec,
                          hub_kwargs: dict[str, Any]) -> tuple[int, tuple, tuple, str]:
     """(image_size, mean, std, interpolation): cfg overrides, else the saved image processor,
     else CLIP's defaults at the vision config's resolution."""

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgmerge.config import BackboneConfig
-from dgmerge.models.backbone import Backbone
+from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.factory import register_loader
 from dgmerge.models.heads import ZeroShotHead, average_prompt_embeddings
 from dgmerge.models.io import StateDict, load_state_file, load_strict
@@ -25,7 +24,7 @@ _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
 @register_loader("open_clip")
-def load_open_clip(cfg: BackboneConfig) -> Backbone:
+def load_open_clip(cfg: BackboneSpec) -> Backbone:
     """open_clip model `cfg.name` with weights from a local file or a pretrained tag.
 
     cfg.checkpoint, or cfg.pretrained naming an existing file, is loaded strictly (nested
@@ -62,7 +61,7 @@ def load_open_clip(cfg: BackboneConfig) -> Backbone:
     )
 
 
-def local_checkpoint(cfg: BackboneConfig) -> Path | None:
+def local_checkpoint(cfg: BackboneSpec) -> Path | None:
     """cfg.checkpoint, or cfg.pretrained when it is a path to an existing file; else None."""
     if cfg.checkpoint is not None:
         return Path(cfg.checkpoint)
@@ -136,7 +135,7 @@ def _quiet_random_init_warning():
         root.removeFilter(dropper)
 
 
-def _eval_preprocess(visual: nn.Module, cfg: BackboneConfig):
+def _eval_preprocess(visual: nn.Module, cfg: BackboneSpec):
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     pp = dict(getattr(visual, "preprocess_cfg", None) or {})

@@ -1,52 +1,59 @@
-"""timm image encoders (ImageNet backbones) with weights from a local file or timm's hub."""
+"""timm image encoders (ImageNet backbones) with weights from a local file, a pretrained entry or timm's hub."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
 
-from dgmerge.config import BackboneConfig
-from dgmerge.models.backbone import Backbone
+from dgmerge.models.backbone import Backbone, BackboneSpec
+from dgmerge.models.entries import find_pretrained, pretrained_tags
 from dgmerge.models.factory import register_loader
-from dgmerge.models.io import StateDict, WeightsError, load_state_file, load_strict
+from dgmerge.models.io import StateDict, load_state_file, load_strict
 from dgmerge.models.structure import find_blocks, find_tail, resize_crop_normalize
 
 # Classifier prefixes of common timm families; the encoder is built with num_classes=0, so
 # a full ImageNet checkpoint's classifier weights have nowhere to go and are dropped.
 CLASSIFIER_PREFIXES = ("classifier.", "fc.", "head.", "head.fc.", "last_linear.", "head_dist.")
 
-SHARED_MOBILENETV2 = "weights/mobilenetv2_100_imagenet_tflite.safetensors"
-
 
 @register_loader("timm")
-def load_timm(cfg: BackboneConfig) -> Backbone:
-    """`timm.create_model(cfg.name, num_classes=0, **cfg.model_kwargs)` as a pooled-feature encoder.
+def load_timm(cfg: BackboneSpec) -> Backbone:
+    """`timm.create_model(cfg.name, num_classes=0, **model_kwargs)` as a pooled-feature encoder.
 
-    Weights: cfg.checkpoint (or cfg.pretrained naming an existing file) is loaded strictly
-    after dropping classifier keys; cfg.pretrained == "hub" downloads timm's default weights;
-    otherwise the model stays randomly initialised.
+    cfg.pretrained is a pretrained entry of cfg.name (see models/entries.py: its model_kwargs,
+    mean, std and image_size apply wherever cfg leaves them unset, and its weights file is used
+    when cfg.checkpoint is None), "hub" (timm's own download), a weights file, or None.
+    Weights from a file (cfg.checkpoint first) load strictly after dropping classifier keys;
+    without a file or "hub" the model stays randomly initialised.
     """
     import timm
 
+    entry = find_pretrained(cfg.name, cfg.pretrained)
     checkpoint = cfg.checkpoint
+    if checkpoint is None and entry is not None:
+        checkpoint = entry.weights_path()
     if checkpoint is None and cfg.pretrained not in (None, "hub"):
         if not Path(cfg.pretrained).is_file():
-            raise ValueError(f"timm backbone {cfg.name}: pretrained must be 'hub', a weights file or null; "
-                             f"{cfg.pretrained!r} is neither 'hub' nor an existing file")
+            tags = ", ".join(pretrained_tags(cfg.name)) or "none registered"
+            raise ValueError(f"timm backbone {cfg.name}: pretrained must be 'hub', a pretrained entry of "
+                             f"{cfg.name} ({tags}), a weights file or null; {cfg.pretrained!r} is neither "
+                             "'hub', an entry nor an existing file")
         checkpoint = Path(cfg.pretrained)
     use_hub = checkpoint is None and cfg.pretrained == "hub"
-    model = timm.create_model(cfg.name, pretrained=use_hub, num_classes=0, **cfg.model_kwargs)
+    model_kwargs = {**(entry.model_kwargs if entry else {}), **cfg.model_kwargs}
+    model = timm.create_model(cfg.name, pretrained=use_hub, num_classes=0, **model_kwargs)
     if checkpoint is not None:
         state = drop_classifier_keys(load_state_file(checkpoint), model)
         load_strict(model, state, source=str(checkpoint))
     model.eval()
 
+    # The config's value, else the entry's, else the model's own pretrained_cfg.
     pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    mean = tuple(cfg.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
-    image_size = cfg.image_size or int(pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    mean = tuple(cfg.mean or (entry and entry.mean) or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.std or (entry and entry.std) or pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+    image_size = (cfg.image_size or (entry and entry.image_size)
+                  or int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]))
     blocks, last = find_blocks(model)
     return Backbone(
         kind="timm", name=cfg.name, encoder=model, feature_dim=int(model.num_features),
@@ -67,29 +74,3 @@ def drop_classifier_keys(state: StateDict, model: nn.Module) -> StateDict:
     configured = (configured,) if isinstance(configured, str) else tuple(configured)
     prefixes = tuple(f"{c}." for c in configured) + CLASSIFIER_PREFIXES
     return {k: v for k, v in state.items() if k in expected or not k.startswith(prefixes)}
-
-
-def shared_dir() -> Path | None:
-    """The project's shared/ folder: $DGMERGE_SHARED, else the repository's sibling "shared"."""
-    env = os.environ.get("DGMERGE_SHARED")
-    if env:
-        return Path(env)
-    # src/dgmerge/models/timm_backbone.py -> repository root is parents[3]; shared/ sits beside it.
-    candidate = Path(__file__).resolve().parents[3].parent / "shared"
-    return candidate if candidate.is_dir() else None
-
-
-def shared_mobilenetv2_config(path: str | os.PathLike[str] | None = None) -> BackboneConfig:
-    """BackboneConfig for shared/'s TF-converted ImageNet MobileNetV2 (default: found via shared_dir()).
-
-    The TFLite weights need TensorFlow "same" padding and inputs scaled to [-1, 1].
-    """
-    if path is None:
-        root = shared_dir()
-        if root is None:
-            raise WeightsError("cannot find the shared/ folder; set DGMERGE_SHARED or pass the weights path")
-        path = root / SHARED_MOBILENETV2
-    return BackboneConfig(
-        kind="timm", name="mobilenetv2_100", checkpoint=Path(path), model_kwargs={"pad_type": "same"},
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), image_size=224,
-    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dgmerge.config import BackboneConfig
 from dgmerge.files import read_state_dict
-from dgmerge.models.backbone import Backbone
+from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.factory import register_loader
 from dgmerge.models.fit_weights import load_strict
 from dgmerge.models.structure import resize_crop_normalize
@@ -54,7 +53,7 @@ def build_tiny_cnn(name: str = "tiny", seed: int = INIT_SEED) -> TinyCNN:
 
 
 @register_loader("tiny_cnn")
-def load_tiny_cnn(cfg: BackboneConfig) -> Backbone:
+def load_tiny_cnn(cfg: BackboneSpec) -> Backbone:
     """TinyCNN with seeded init, or the state dict in cfg.checkpoint (.safetensors or .pt)."""
     unknown = set(cfg.model_kwargs) - {"seed"}
     if unknown:

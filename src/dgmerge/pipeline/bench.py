@@ -23,6 +23,7 @@ import torch
 from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig, load_config, resolve_config_path
 from dgmerge.evaluation.results import read_results
+from dgmerge.models.entries import find_pretrained
 from dgmerge.pipeline.experiment import experiment_key, run_experiment
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.table import build_tables, to_markdown
@@ -169,9 +170,16 @@ def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: L
 def setting_line(cfg: ExperimentConfig) -> str:
     """The setting in one line: backbone, trainable part, resolution, steps, batch, lr, seeds."""
     return (f"{cfg.backbone.name} ({cfg.backbone.checkpoint}), trainable {cfg.train.trainable} "
-            f"({trainable_part(cfg)}), {cfg.backbone.image_size}×{cfg.backbone.image_size} px, "
+            f"({trainable_part(cfg)}), {input_size(cfg)}, "
             f"{cfg.train.steps} steps × batch {cfg.train.batch_size} per source, lr {cfg.train.lr:g}, "
             f"frozen linear-probe head, seeds {cfg.seeds}")
+
+
+def input_size(cfg: ExperimentConfig) -> str:
+    """The input resolution: the config's, else its pretrained entry's (tflite_in1k: 224 px)."""
+    entry = find_pretrained(cfg.backbone.name, cfg.backbone.pretrained)
+    size = cfg.backbone.image_size or (entry and entry.image_size)
+    return f"{size}×{size} px" if size else "the model's own resolution"
 
 
 def trainable_part(cfg: ExperimentConfig) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
+from dgmerge.config import (BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig,
+                            shared_mobilenetv2_config)
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.atomic import write_text_atomic
@@ -70,8 +71,6 @@ def prepare_synthetic(cfg: ExperimentConfig, images_per_class: int = 40, pretrai
 def real_config(data_dir: Path, weights: Path, out_dir: Path, steps: int, seeds: list[int],
                 test_domains: list[str] | None, max_images: int | None, trainable: str) -> ExperimentConfig:
     """The same pipeline on a real DomainBed dataset with the ImageNet MobileNetV2 (TF-converted)."""
-    from dgmerge.models.timm_backbone import shared_mobilenetv2_config
-
     return ExperimentConfig(
         name=f"demo-{data_dir.name}",
         output_dir=out_dir,

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from dgmerge.config import ExperimentConfig
+from dgmerge.config import ExperimentConfig, HamConfig, can_reuse
 from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset, scan_domains
@@ -34,7 +34,6 @@ from dgmerge.pipeline.artifacts import save_history, save_model
 from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.ham import MERGED_FROM, HamResult, merge_trained, train_ham
-from dgmerge.training.ham_config import HamConfig, can_reuse
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.probe import extract_features, fit_linear_probe
 

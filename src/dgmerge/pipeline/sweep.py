@@ -16,48 +16,12 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field, field_validator
-
 from dgmerge.atomic import write_text_atomic
-from dgmerge.config import (ConfigError, StrictModel, read_yaml_mapping, resolve_config_path, set_dotted,
-                             validate_config)
+from dgmerge.config import SweepSpec, load_sweep, set_dotted, validate_config
 from dgmerge.data.splits import seed_hash
 from dgmerge.evaluation.results import read_results
+from dgmerge.methods import experiment_names
 from dgmerge.pipeline.experiment import experiment_key, run_experiment
-
-# HAM's random search space (HAM paper, implementation details).
-HAM_SPACE: dict[str, list[Any]] = {
-    "train.lr": [5e-6, 1e-5],
-    "train.steps": [500, 3000, 5000, 10000],
-    "ham.merge_hparams.trim": [0.2, 0.4, 0.6, 0.8],
-    "ham.opa_weight": [0.1, 0.5, 1.0],
-}
-
-
-class SweepSpec(StrictModel):
-    """Which hyperparameters a sweep varies."""
-
-    # Full grid: every combination of these values.
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    # Random search: `trials` draws from `space` ("ham" = HAM's space), seeded by `seed`.
-    trials: int = Field(default=0, ge=0)
-    space: dict[str, list[Any]] | str = Field(default_factory=dict)
-    seed: int = 0
-
-    @field_validator("grid")
-    @classmethod
-    def _non_empty_lists(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        empty = [k for k, v in value.items() if not v]
-        if empty:
-            raise ValueError(f"grid values must be non-empty lists: {empty}")
-        return value
-
-    def search_space(self) -> dict[str, list[Any]]:
-        if self.space == "ham":
-            return HAM_SPACE
-        if isinstance(self.space, str):
-            raise ValueError(f"unknown named search space {self.space!r} (known: ham)")
-        return self.space
 
 
 def variants(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -78,17 +42,6 @@ def variants(spec: SweepSpec) -> list[dict[str, Any]]:
     return out or [{}]
 
 
-def load_sweep(path: Path) -> tuple[dict[str, Any], SweepSpec]:
-    """The base experiment (raw dict) and the sweep section of a sweep YAML file."""
-    path = resolve_config_path(path)
-    raw = read_yaml_mapping(path)
-    try:
-        spec = SweepSpec.model_validate(raw.pop("sweep", {}) or {})
-    except Exception as exc:  # pydantic's message names the field
-        raise ConfigError(f"{path}: invalid sweep section: {exc}") from exc
-    return raw, spec
-
-
 def plan_jobs(base: dict[str, Any], spec: SweepSpec, source: str = "sweep") -> list[tuple[dict[str, Any], Any]]:
     """Validated (overrides, ExperimentConfig) per job, each writing into its own job folder.
 
@@ -100,7 +53,7 @@ def plan_jobs(base: dict[str, Any], spec: SweepSpec, source: str = "sweep") -> l
         raw = copy.deepcopy(base)
         for dotted, value in overrides.items():
             set_dotted(raw, dotted, value)
-        cfg = validate_config(raw, source=f"{source} (variant {overrides})")
+        cfg = validate_config(raw, source=f"{source} (variant {overrides})", methods=experiment_names())
         cfg.output_dir = root / "jobs" / experiment_key(cfg)
         jobs.append((overrides, cfg))
     return jobs

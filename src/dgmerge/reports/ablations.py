@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dgmerge.config import HamConfig
 from dgmerge.reports.table import Table, build_tables, to_markdown
 
 # Module switches get the paper's "w/o X" wording; other settings are shown as key=value.
@@ -17,8 +18,6 @@ _SWITCH_NAMES = {"sae": "SAE", "opa": "OPA"}
 
 
 def _ham_defaults() -> dict[str, Any]:
-    from dgmerge.training.ham_config import HamConfig
-
     return HamConfig().model_dump(mode="json")
 
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dgmerge.config import TrainConfig
+from dgmerge.config import HamConfig, TrainConfig
 from dgmerge.merging import HistoricalAverage
 from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
@@ -40,7 +40,6 @@ from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.ham import (HamResult, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
                                   _with_average, merge_sources, new_source_run, stream_seed)
-from dgmerge.training.ham_config import HamConfig
 
 StateDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]

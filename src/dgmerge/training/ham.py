@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from dgmerge.config import TrainConfig
+from dgmerge.config import HamConfig, TrainConfig
 from dgmerge.merging import EMA, HistoricalAverage, MergedState
 from dgmerge.merging.scope import merge_subset
 from dgmerge.models.classifier import Classifier
@@ -41,7 +41,6 @@ from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.checkpoint import NO_CHECKPOINT, Checkpointer
 from dgmerge.training.finetune import validation_accuracy
-from dgmerge.training.ham_config import HamConfig
 from dgmerge.training.sae import max_confidence, select_confident
 
 StateDict = dict[str, Tensor]
@@ -240,7 +239,7 @@ def merge_trained(result: HamResult, theta0_state: StateDict, ham_cfg: HamConfig
     """Merge a finished run's per-source models as `ham_cfg` says (historical or best, method).
 
     `ham_cfg` may differ from the run's own config in merge-time fields only (see
-    ham_config.can_reuse): this is how ablations such as TIES-instead-of-RHM or best-checkpoint
+    dgmerge.config.can_reuse): this is how ablations such as TIES-instead-of-RHM or best-checkpoint
     merging reuse one training run.
     """
     if ham_cfg.historical == "none":

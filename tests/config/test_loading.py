@@ -1,8 +1,10 @@
+"""Loading experiment configs: files, shipped names, `--set` overrides, errors that name the field."""
+
 from pathlib import Path
 
 import pytest
 
-from dgmerge.config import ConfigError, load_config, parse_overrides, validate_config
+from dgmerge.config import ConfigError, load_config, parse_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -30,27 +32,6 @@ def test_wrong_type_names_the_field_and_file(tmp_path):
     assert "train.steps" in str(err.value) and str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("spec", ["last:0", "some", "last:-1", "last"])
-def test_bad_trainable_spec_rejected(spec):
-    with pytest.raises(ConfigError, match="trainable"):
-        validate_config({"train": {"trainable": spec}})
-
-
-def test_holdout_fraction_range():
-    with pytest.raises(ConfigError, match="holdout_fraction"):
-        validate_config({"data": {"holdout_fraction": 1.0}})
-
-
-def test_template_without_slot_rejected():
-    with pytest.raises(ConfigError, match="templates"):
-        validate_config({"backbone": {"templates": ["a photo"]}})
-
-
-def test_duplicate_methods_rejected():
-    with pytest.raises(ConfigError, match="methods"):
-        validate_config({"methods": ["erm", "erm"]})
-
-
 def test_overrides_are_yaml_values_and_apply(tmp_path):
     overrides = parse_overrides(["train.lr=1e-4", "seeds=[3]", "data.dataset=VLCS"])
     cfg = load_config(write(tmp_path, "train:\n  steps: 5\n"), overrides)
@@ -61,6 +42,16 @@ def test_overrides_are_yaml_values_and_apply(tmp_path):
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.lr"])
+
+
+def test_override_with_broken_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match="seeds=\\[0"):
+        parse_overrides(["seeds=[0"])
+
+
+def test_override_into_a_value_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        load_config(write(tmp_path, "name: x\n"), parse_overrides(["name.first=y"]))
 
 
 def test_non_mapping_yaml_rejected(tmp_path):
@@ -77,3 +68,16 @@ def test_shipped_configs_load_by_name_and_validate():
     with pytest.raises(ConfigError, match="shipped configs: .*clip_vitb16_openclip.*pacs_mobilenetv2"):
         load_config(Path("no_such_config"))
 
+
+@pytest.mark.parametrize("name", ["pacs_mobilenetv2", "bench_pacs_cpu", "pacs_mobilenetv2_sweep"])
+def test_shipped_mobilenet_configs_name_the_pretrained_entry_not_its_recipe(name):
+    path = Path(__file__).resolve().parents[2] / "src" / "dgmerge" / "configs" / f"{name}.yaml"
+    backbone_section = path.read_text().split("\nbackbone:", 1)[1].split("\nprobe:", 1)[0]
+    assert "pretrained: tflite_in1k" in backbone_section
+    assert not any(key in backbone_section for key in ("pad_type", "mean:", "std:", "image_size:"))
+
+
+def test_tuning_config_names_the_pretrained_entry():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "pacs_tuning" / "tune.yaml"
+    cfg = load_config(path)
+    assert cfg.backbone.pretrained == "tflite_in1k" and cfg.backbone.mean is None and cfg.backbone.model_kwargs == {}

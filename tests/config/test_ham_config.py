@@ -1,7 +1,9 @@
+"""HAM's config section: every ablation is a config, bad values fail at config time, the reuse rule."""
+
 import pytest
 from pydantic import ValidationError
 
-from dgmerge.training.ham_config import HamConfig
+from dgmerge.config import HamConfig, can_reuse, training_key
 
 
 def test_defaults_are_the_paper_settings():
@@ -42,8 +44,6 @@ def test_unknown_method_lists_the_available_ones_and_assignment_is_checked():
 
 
 def test_reuse_rule_separates_merge_time_from_training_settings():
-    from dgmerge.training.ham_config import can_reuse, training_key
-
     base = HamConfig()
     # Merge-time changes and best-checkpoint merging reuse a run...
     assert can_reuse(HamConfig(merge_method="ties", merge_hparams={"keep": 0.2}), base)

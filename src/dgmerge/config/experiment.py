@@ -1,57 +1,27 @@
-"""Typed, validated experiment configs.
+"""The experiment config: data, backbone, training, merges and the methods to run.
 
-Every config is a pydantic model that forbids unknown keys, so a typo in a YAML file fails
+Every section is a pydantic model that forbids unknown keys, so a typo in a YAML file fails
 before any work starts, with the field's name in the message.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from dgmerge.training.ham_config import HamConfig
+from dgmerge.config.backbone import BackboneConfig
+from dgmerge.config.base import StrictModel
+from dgmerge.config.ham import HamConfig
+from dgmerge.merging import available, get_method
 
 TRAINABLE_PATTERN = re.compile(r"^(all|none|norms_biases|last:[1-9][0-9]*)$")
-
-
-class StrictModel(BaseModel):
-    """Base for configs: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class BackboneConfig(StrictModel):
-    """Which image encoder to build and where its weights come from."""
-
-    kind: Literal["open_clip", "hf_clip", "timm", "tiny_cnn"] = "timm"
-    # open_clip: model name (ViT-B-16); hf_clip: hub id or local directory;
-    # timm: model name (mobilenetv2_100); tiny_cnn: width tag ("tiny").
-    name: str = "mobilenetv2_100"
-    # open_clip: pretrained tag (openai) or a local checkpoint file; ignored otherwise.
-    pretrained: str | None = None
-    # A local weights file (timm / tiny_cnn state dict, open_clip checkpoint); overrides hubs.
-    # timm: pretrained="hub" downloads timm's own weights (needs internet).
-    checkpoint: Path | None = None
-    # Extra keyword arguments for the model constructor (e.g. timm's pad_type="same").
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    # Prompt templates for CLIP zero-shot heads; "{}" is replaced by the class name.
-    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
-    # Input normalisation override (mean, std), e.g. [0.5]*3 for TF-converted weights.
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    image_size: int | None = Field(default=None, gt=0)
-
-    @field_validator("templates")
-    @classmethod
-    def _templates_have_slot(cls, value: list[str]) -> list[str]:
-        for template in value:
-            if "{}" not in template:
-                raise ValueError(f"prompt template {template!r} has no '{{}}' slot for the class name")
-        return value
+# Key of validate_config's `methods` (the registered experiment methods) in pydantic's context.
+METHODS_CONTEXT = "methods"
 
 
 class DataConfig(StrictModel):
@@ -112,8 +82,6 @@ class TrainConfig(StrictModel):
         return value
 
 
-Method = Literal["zero_shot", "erm", "single_source", "merge", "ham", "ham_variants"]
-
 # Methods that need data statistics or an evaluation callback, not just the models.
 MERGES_NEEDING_DATA = ("regmean", "fisher", "greedy_soup")
 
@@ -129,8 +97,6 @@ class MergeSpec(StrictModel):
     @field_validator("method")
     @classmethod
     def _registered(cls, value: str) -> str:
-        from dgmerge.merging import available
-
         if value not in available():
             raise ValueError(f"unknown merge method {value!r}; available: {', '.join(available())}")
         if value in MERGES_NEEDING_DATA:
@@ -141,8 +107,6 @@ class MergeSpec(StrictModel):
     @model_validator(mode="after")
     def _hparams_accepted(self) -> "MergeSpec":
         # Caught here, not after hours of training when the merge finally runs.
-        from dgmerge.merging import get_method
-
         get_method(self.method).check_hparams(self.hparams)
         return self
 
@@ -180,7 +144,9 @@ class ExperimentConfig(StrictModel):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ham: HamConfig = Field(default_factory=HamConfig)
-    methods: list[Method] = Field(
+    # Experiment methods to run, by registered name; validate_config(methods=...) checks them
+    # against the registry, which lives above this package.
+    methods: list[str] = Field(
         default_factory=lambda: ["zero_shot", "erm", "single_source", "merge"], min_length=1
     )
     # Merges of the single-source models run by method "merge" (over the trained tensors only).
@@ -199,6 +165,22 @@ class ExperimentConfig(StrictModel):
     def _no_repeats(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"methods are listed twice: {value}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        registered: Collection[str] | None = (info.context or {}).get(METHODS_CONTEXT)
+        if registered is None:  # no registry given (e.g. on assignment): nothing to check against
+            return value
+        unknown = [name for name in value if name not in registered]
+        if unknown:
+            names = sorted(registered) if isinstance(registered, (set, frozenset)) else list(registered)
+            what = "method" if len(unknown) == 1 else "methods"
+            detail = (f"unknown experiment {what} {', '.join(map(repr, unknown))}; "
+                      f"registered: {', '.join(names)}")
+            # A custom error keeps the message as written (no "Value error, " prefix).
+            raise PydanticCustomError("unknown_experiment_method", "{detail}", {"detail": detail})
         return value
 
     @model_validator(mode="after")
@@ -224,81 +206,3 @@ class ExperimentConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"merge names repeat ({names}); give repeats a distinct label")
         return value
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the field."""
-
-
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def resolve_config_path(name_or_path: Path | str) -> Path:
-    """A config file path, or the name of a config shipped with dgmerge (e.g. pacs_mobilenetv2)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    shipped = SHIPPED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file() and path.parent == Path("."):
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"no config file {path} (shipped configs: {names})")
-
-
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file; ConfigError naming the file otherwise."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
-    return raw
-
-
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply dotted overrides, and validate it.
-
-    Raises ConfigError naming the file and every bad field, before any work is done.
-    """
-    path = resolve_config_path(path)
-    raw = read_yaml_mapping(path)
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return validate_config(raw, source=str(path))
-
-
-def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a plain dict as an ExperimentConfig, with field names in the error."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid config: {problems}") from exc
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ['train.lr=1e-4', 'seeds=[0,1]'] into {'train.lr': 1e-4, 'seeds': [0, 1]} (YAML values)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} must look like key=value (e.g. train.lr=1e-4)")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set raw["a"]["b"] = value for dotted="a.b", creating sections as needed."""
-    node = raw
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dgmerge.config.base import StrictModel
 from dgmerge.merging import MergeError, available, get_method
 
 
-class HamConfig(BaseModel):
-    """Lockstep HAM training: SAE (Eq. 2-3), OPA (Eq. 5), historical averaging (Eq. 7), merge.
-
-    Same settings as `dgmerge.config.StrictModel` (unknown keys are errors, assignments are
-    validated); it does not inherit from it so that config.py can import this module at its top
-    without an import cycle.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class HamConfig(StrictModel):
+    """Lockstep HAM training: SAE (Eq. 2-3), OPA (Eq. 5), historical averaging (Eq. 7), merge."""
 
     # --- SAE: borrow confident samples of the other sources (Eq. 2-3)
     sae: bool = True

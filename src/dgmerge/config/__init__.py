@@ -1,0 +1,26 @@
+"""Typed, validated configs: every schema of dgmerge in one package that imports no training code.
+
+    from dgmerge.config import load_config, parse_overrides
+    cfg = load_config("pacs_mobilenetv2", parse_overrides(["train.feature_cache=off"]))
+
+Modules: base (StrictModel, ConfigError), backbone, ham, experiment (the sections and
+ExperimentConfig), loading (files, overrides, validation) and sweep (the sweep section). Layering: this package may import dgmerge.models,
+dgmerge.merging and dgmerge.data, never training, evaluation, pipeline or cli code.
+"""
+
+from dgmerge.config.backbone import BackboneConfig, shared_mobilenetv2_config
+from dgmerge.config.base import ConfigError, StrictModel
+from dgmerge.config.experiment import (MERGES_NEEDING_DATA, TRAINABLE_PATTERN, DataConfig, ExperimentConfig, HamVariant,
+                                       MergeSpec, ProbeConfig, TrainConfig)
+from dgmerge.config.ham import MERGE_TIME_FIELDS, HamConfig, can_reuse, training_key
+from dgmerge.config.loading import (SHIPPED_CONFIGS, load_config, parse_overrides, read_yaml_mapping,
+                                    resolve_config_path, set_dotted, validate_config)
+from dgmerge.config.sweep import HAM_SPACE, SweepSpec, load_sweep
+
+__all__ = [
+    "HAM_SPACE", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
+    "ConfigError", "DataConfig", "ExperimentConfig", "HamConfig", "HamVariant", "MergeSpec",
+    "ProbeConfig", "StrictModel", "SweepSpec", "TrainConfig", "can_reuse", "load_config", "load_sweep",
+    "parse_overrides", "read_yaml_mapping", "resolve_config_path", "set_dotted", "shared_mobilenetv2_config",
+    "training_key", "validate_config",
+]
