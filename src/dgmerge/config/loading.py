@@ -1,4 +1,8 @@
-"""From YAML files and `--set key=value` overrides to a validated ExperimentConfig."""
+"""From YAML files and `--set key=value` overrides to a validated ExperimentConfig.
+
+Files and overrides are parsed keeping each plain scalar's text (config/yaml_values.py), so a
+value reaches its field as typed: `feature_cache: off` is the text "off", `sae: off` is False.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pydantic import ValidationError
 
 from dgmerge.config.base import ConfigError
 from dgmerge.config.experiment import METHODS_CONTEXT, ExperimentConfig
+from dgmerge.config.yaml_values import load_yaml, resolve_model
 
 # The YAML files shipped with dgmerge (src/dgmerge/configs/), loadable by name.
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -29,9 +34,13 @@ def resolve_config_path(name_or_path: Path | str) -> Path:
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file; ConfigError naming the file otherwise."""
+    """The top-level mapping of a YAML file; ConfigError naming the file otherwise.
+
+    Plain scalars come back as `PlainScalar` (a str keeping YAML 1.1's value beside the text);
+    `validate_config` settles them field by field.
+    """
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = load_yaml(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -57,10 +66,14 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None, *,
 
 def validate_config(raw: dict[str, Any], source: str = "config", *,
                     methods: Collection[str] | None = None) -> ExperimentConfig:
-    """Validate a plain dict as an ExperimentConfig, with field names in the error; methods: as in load_config."""
+    """Validate a plain dict as an ExperimentConfig, with field names in the error.
+
+    Values read from YAML (PlainScalar) are settled against their fields first; methods: as
+    in load_config.
+    """
     context = {METHODS_CONTEXT: methods} if methods is not None else None
     try:
-        return ExperimentConfig.model_validate(raw, context=context)
+        return ExperimentConfig.model_validate(resolve_model(ExperimentConfig, raw), context=context)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
@@ -69,14 +82,18 @@ def validate_config(raw: dict[str, Any], source: str = "config", *,
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ['train.lr=1e-4', 'seeds=[0,1]'] into {'train.lr': '1e-4', 'seeds': [0, 1]} (YAML values)."""
+    """Turn ['train.lr=1e-4', 'seeds=[0,1]'] into {'train.lr': '1e-4', 'seeds': ['0', '1']}.
+
+    Values are YAML whose plain scalars keep their text (PlainScalar): validate_config gives
+    each field the text or the typed value, as for a YAML file.
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} must look like key=value (e.g. train.lr=1e-4)")
         key, value = pair.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = load_yaml(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {pair!r}: the value is not valid YAML: {exc}") from exc
     return out

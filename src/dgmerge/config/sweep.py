@@ -1,7 +1,8 @@
 """The `sweep:` section of a sweep config: which hyperparameters vary, as a grid or random draws.
 
 A sweep file is an experiment config plus this section; its keys are dotted paths into the
-experiment config (train.lr, ham.merge_hparams.trim).
+experiment config (train.lr, ham.merge_hparams.trim), and each value reaches that field as it
+would from the experiment section itself (`train.feature_cache: [off, disk]` stays text).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from dgmerge.config.base import ConfigError, StrictModel
+from dgmerge.config.experiment import ExperimentConfig
 from dgmerge.config.loading import read_yaml_mapping, resolve_config_path
+from dgmerge.config.yaml_values import annotation_at, resolve_for, resolve_model
 
 # HAM's random search space (HAM paper, implementation details).
 HAM_SPACE: dict[str, list[Any]] = {
@@ -50,15 +53,28 @@ class SweepSpec(StrictModel):
         return self.space
 
 
+def resolve_sweep_section(section: Any) -> Any:
+    """The sweep section read from YAML, each grid/space value settled for the field its key names."""
+    if not isinstance(section, dict):  # not a mapping: left for pydantic to report
+        return resolve_for(SweepSpec, section)
+    out = resolve_model(SweepSpec, section)
+    for name in ("grid", "space"):
+        values = section.get(name)
+        if isinstance(values, dict):
+            out[name] = {str(dotted): resolve_for(list[annotation_at(ExperimentConfig, str(dotted))], choices)
+                         for dotted, choices in values.items()}
+    return out
+
+
 def load_sweep(path: Path) -> tuple[dict[str, Any], SweepSpec]:
     """The base experiment (raw dict, as read_yaml_mapping returns it) and the sweep section of a sweep file."""
     path = resolve_config_path(path)
     raw = read_yaml_mapping(path)
     try:
-        spec = SweepSpec.model_validate(raw.pop("sweep", {}) or {})
+        spec = SweepSpec.model_validate(resolve_sweep_section(raw.pop("sweep", {}) or {}))
     except Exception as exc:  # pydantic's message names the field
         raise ConfigError(f"{path}: invalid sweep section: {exc}") from exc
     return raw, spec
 
 
-__all__ = ["HAM_SPACE", "SweepSpec", "load_sweep"]
+__all__ = ["HAM_SPACE", "SweepSpec", "load_sweep", "resolve_sweep_section"]
