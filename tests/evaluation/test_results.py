@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dgmerge.evaluation.accuracy import accuracy
+from dgmerge.models.accuracy import accuracy
 from dgmerge.evaluation.results import REQUIRED_FIELDS, append_result, make_row, read_results
 
 

@@ -6,7 +6,6 @@ split, selection rule, code version and wall time. Rows are only ever appended.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -19,12 +18,6 @@ REQUIRED_FIELDS = (
     "dataset", "test_domain", "seed", "method", "hparams", "split", "selection",
     "code_version", "wall_time_s", "test_acc",
 )
-
-
-def config_hash(payload: Any) -> str:
-    """Short stable hash of a JSON-serialisable payload (sorted keys), to key jobs."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def make_row(*, dataset: str, test_domain: str, seed: int, method: str, hparams: dict[str, Any],

@@ -9,7 +9,7 @@ import torch
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.files import read_meta, read_state_dict
-from dgmerge.evaluation.accuracy import accuracy
+from dgmerge.models.accuracy import accuracy
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead, ZeroShotHead

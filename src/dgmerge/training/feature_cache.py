@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dgmerge.evaluation.results import config_hash
+from dgmerge.hashing import config_hash
 from dgmerge.files import read_state_dict, save_state_dict
 from dgmerge.models.stages import Cut, capture
 from dgmerge.progress import progress

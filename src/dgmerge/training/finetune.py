@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from dgmerge.config import TrainConfig
-from dgmerge.evaluation.accuracy import accuracy
+from dgmerge.models.accuracy import accuracy
 from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training.batches import BatchStream
