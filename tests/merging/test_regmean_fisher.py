@@ -102,3 +102,33 @@ def test_collect_fisher_by_hand():
     assert all((v >= 0).all() for v in sampled.values())
     with pytest.raises(ValueError, match="no labels"):
         collect_fisher(model, [torch.randn(2, 2)], labels="true")
+
+
+def test_regmean_solves_pointwise_convs_as_matrices():
+    from dgmerge.merging import merge
+    from dgmerge.merging.statistics import collect_gram
+
+    w1, w2 = torch.randn(4, 3, 1, 1), torch.randn(4, 3, 1, 1)
+    g1, g2 = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.eye(3)
+    theta0 = {"w": torch.zeros(4, 3, 1, 1)}
+    out = merge("regmean", theta0, [{"w": w1}, {"w": w2}], grams=[{"w": g1}, {"w": g2}], alpha=1.0)
+    # Diagonal Grams: each input column is the Gram-weighted mean of the models' columns.
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    want = (w1[:, :, 0, 0] * weight + w2[:, :, 0, 0]) / (weight + 1)
+    torch.testing.assert_close(out["w"][:, :, 0, 0], want)
+    assert out["w"].shape == (4, 3, 1, 1)
+    # conv1x1="mean" ignores those Grams and averages.
+    with pytest.raises(Exception, match="no Gram key"):
+        merge("regmean", theta0, [{"w": w1}, {"w": w2}], grams=[{"w": g1}, {"w": g2}], conv1x1="mean")
+    # The Gram of a 1×1 conv counts every pixel as a row; 3×3 convs get none.
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, bias=False), torch.nn.Conv2d(4, 4, 3))
+    x = torch.randn(2, 3, 5, 5)
+    grams = collect_gram(conv, [x], conv1x1=True)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 3)
+    assert set(grams) == {"0.weight"}
+    torch.testing.assert_close(grams["0.weight"], rows.T @ rows / 50)
+    assert collect_gram(conv, [x]) == {}
+    # keys= restricts the hooks; forward= runs the model another way (here: only its first layer).
+    assert collect_gram(conv, [x], conv1x1=True, keys={"1.weight"}) == {}
+    first = collect_gram(conv, [x], conv1x1=True, forward=lambda inp: conv[0](inp))
+    torch.testing.assert_close(first["0.weight"], grams["0.weight"])

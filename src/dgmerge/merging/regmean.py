@@ -3,6 +3,11 @@
 With torch's y = x Wᵀ: W* = (Σ_i G̃_i)⁻¹ Σ_i G̃_i W_iᵀ, transposed back; G̃_i = α G_i +
 (1−α) diag(G_i) shrinks the off-diagonal Gram entries (α = 0.9, as in Ye et al.). Tensors
 without Gram matrices (biases, norms, embeddings) are averaged.
+
+A 1×1 convolution (out, in, 1, 1) is a linear map applied at every pixel, so the closed form
+holds for it too, with every pixel a row of X (`collect_gram(..., conv1x1=True)` collects
+those Grams): conv1x1="matrix" solves it as an (out, in) matrix; "mean" averages it.
+Depthwise and k×k convolutions are not linear maps of one pixel's channels: averaged.
 """
 
 from __future__ import annotations
@@ -45,25 +50,36 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
 @register("regmean", params={
     "grams": Param("states", required=True, help="one dict of Gram matrices per model, from collect_gram"),
     "alpha": Param("float", 0, 1, help="α, the scale of the Gram off-diagonals, in [0, 1]"),
+    "conv1x1": Param("str", choices=("matrix", "mean"),
+                     help="1×1 convolutions with Grams: solve as (out, in) matrices, or average them"),
 })
 def regmean(pretrained: StateDict, finetuned: Sequence[StateDict], *, grams: Sequence[StateDict],
-            alpha: float = 0.9) -> MergedState:
+            alpha: float = 0.9, conv1x1: str = "matrix") -> MergedState:
     """RegMean over the keys that have Gram matrices in every model; plain mean elsewhere."""
     if len(grams) != len(finetuned):
         raise MergeError(f"regmean: {len(grams)} Gram dicts for {len(finetuned)} models; pass one per model")
     keys = [k for k in grams[0] if k in pretrained and all(k in g for g in grams)]
+    if conv1x1 == "mean":
+        keys = [k for k in keys if not is_conv1x1(pretrained[k])]
     if not keys:
         raise MergeError("regmean: no Gram key matches a model key; collect_gram(prefix=...) must "
                          "match the state-dict names")
     for key in keys:
-        rows, cols = pretrained[key].shape if pretrained[key].dim() == 2 else (None, None)
+        weight = pretrained[key]
+        rows, cols = (weight.shape[0], weight.shape[1]) if weight.dim() == 2 or is_conv1x1(weight) else (None, None)
         for g in grams:
             if cols is None or tuple(g[key].shape) != (cols, cols):
                 raise MergeError(f"regmean: Gram of {key!r} has shape {tuple(g[key].shape)}, "
                                  f"expected ({cols}, {cols}) for weight {tuple(pretrained[key].shape)}")
     result = weighted_average(pretrained, finetuned)
     for key in keys:
-        solved = regmean_weight([s[key] for s in finetuned], [g[key] for g in grams], alpha)
-        result[key] = solved.to(compute_dtype(pretrained[key])).to(pretrained[key].dtype)
-    result.info = {"alpha": alpha, "regmean_keys": keys}
+        shape = pretrained[key].shape
+        solved = regmean_weight([s[key].reshape(shape[0], -1) for s in finetuned], [g[key] for g in grams], alpha)
+        result[key] = solved.reshape(shape).to(compute_dtype(pretrained[key])).to(pretrained[key].dtype)
+    result.info = {"alpha": alpha, "regmean_keys": keys, "conv1x1": conv1x1}
     return result
+
+
+def is_conv1x1(weight: Tensor) -> bool:
+    """Whether `weight` is a pointwise convolution's (out, in, 1, 1) kernel."""
+    return weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1)

@@ -7,7 +7,7 @@ loader, save them like state dicts if needed, and pass them to `merge(..., grams
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,8 @@ def _labels(batch: Any) -> Tensor | None:
 
 @torch.no_grad()
 def collect_gram(model: nn.Module, loader: Iterable, *, prefix: str = "", max_batches: int | None = None,
-                 device: str | torch.device = "cpu") -> dict[str, Tensor]:
+                 device: str | torch.device = "cpu", conv1x1: bool = False, keys: Collection[str] | None = None,
+                 forward: Callable[[Any], Any] | None = None) -> dict[str, Tensor]:
     """Mean input Gram matrices XᵀX / rows of every linear map, keyed by its weight's state-dict key.
 
     Covers nn.Linear (key "<module>.weight") and self-attention nn.MultiheadAttention input
@@ -43,33 +44,46 @@ def collect_gram(model: nn.Module, loader: Iterable, *, prefix: str = "", max_ba
     out_proj is called functionally, so no hook sees its input: it is averaged by RegMean.
     Normalising by the row count makes models fine-tuned on different amounts of data
     comparable. `prefix` is prepended to keys (e.g. "visual." when `model` is a sub-module).
+
+    conv1x1: also the 1×1 convolutions (groups 1), with every pixel of the input a row of X
+    (what RegMean's conv1x1="matrix" solves). keys: only these weights. forward: how to run
+    `model` on a batch's input (default `model(x)`), e.g. from cached activations at a cut.
     """
     sums: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
 
     def add(key: str, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        x = x.detach()
+        x = x.permute(0, 2, 3, 1) if x.dim() == 4 else x  # NCHW: one row per pixel
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
         gram = x.T @ x
         sums[key] = sums[key] + gram if key in sums else gram
         rows[key] = rows.get(key, 0) + x.shape[0]
 
+    def wanted(key: str) -> bool:
+        return keys is None or key in keys
+
     handles = []
     for name, module in model.named_modules():
         key_base = prefix + (name + "." if name else "")
-        if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
+        pointwise = (conv1x1 and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+                     and module.groups == 1)
+        if (isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim
+                and wanted(key_base + "in_proj_weight")):
             handles.append(module.register_forward_pre_hook(
                 lambda mod, args, kwargs, k=key_base + "in_proj_weight": add(k, args[0] if args else kwargs["query"]),
                 with_kwargs=True))
-        elif isinstance(module, nn.Linear):
+        elif (isinstance(module, nn.Linear) or pointwise) and wanted(key_base + "weight"):
             handles.append(module.register_forward_pre_hook(
                 lambda mod, args, k=key_base + "weight": add(k, args[0])))
     was_training = model.training
     model.eval().to(device)
+    run = forward or model
     try:
         for index, batch in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
-            model(_inputs(batch).to(device))
+            run(_inputs(batch).to(device))
     finally:
         for handle in handles:
             handle.remove()
