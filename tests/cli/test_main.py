@@ -8,7 +8,7 @@ from dgmerge.cli.main import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["report"], ["data"],
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["train"], ["methods"], ["evaluate"], ["report"], ["data"],
                                      ["data", "check"], ["merge"], ["inspect"], ["sweep"], ["figures"]])
 def test_help_everywhere(command):
     result = runner.invoke(app, [*command, "--help"])

@@ -14,7 +14,7 @@ def test_demo_generates_pretrains_runs_and_tabulates(tmp_path):
         "cartoon", "noisy", "outline", "solid"]
 
     table = demo.run_demo(cfg, log=lambda _: None)
-    for method in ("zero_shot", "erm", "source:solid", "single_source_mean", "merge:average"):
+    for method in ("linear_probe", "erm", "source:solid", "single_source_mean", "merge:average"):
         assert f"| {method} |" in table
     assert (tmp_path / "demo" / "report.md").read_text() == table
     rows = read_results(tmp_path / "demo" / "results.jsonl")

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from dgmerge.cli.main import app
 from dgmerge.evaluation.results import REQUIRED_FIELDS, read_results
+from dgmerge.methods import cell as cell_module
+from dgmerge.methods import build as cell_build
 from dgmerge.pipeline import experiment
 from dgmerge.pipeline.scoring import score_model
 
@@ -32,8 +34,8 @@ def config(root: Path, out: Path, **kw) -> ExperimentConfig:
 
 def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
     seen_paths: list[str] = []
-    real_fine_tune = experiment.fine_tune
-    real_features = experiment.extract_features
+    real_fine_tune = cell_module.fine_tune
+    real_features = cell_build.extract_features
 
     def spy_fine_tune(model, train_sets, val_sets, cfg, seed, **kwargs):
         for data in [*train_sets.values(), *val_sets.values()]:
@@ -45,15 +47,15 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
             seen_paths.extend(str(p) for p, _ in part.samples)
         return real_features(encoder, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "fine_tune", spy_fine_tune)
-    monkeypatch.setattr(experiment, "extract_features", spy_features)
+    monkeypatch.setattr(cell_module, "fine_tune", spy_fine_tune)
+    monkeypatch.setattr(cell_build, "extract_features", spy_features)
     cfg = config(tiny_data, tmp_path / "run")
     cfg.merges = [MergeSpec(method="average"), MergeSpec(method="rhm", hparams={"trim": 0.2}),
                   MergeSpec(method="ties", hparams={"keep": 0.5}, label="ties-k0.5")]
     rows = experiment.run_experiment(cfg, log=lambda _: None)
 
     methods = [r["method"] for r in rows]
-    assert methods == ["zero_shot", "erm", "source:noisy", "source:solid", "single_source_mean",
+    assert methods == ["linear_probe", "erm", "source:noisy", "source:solid", "single_source_mean",
                        "merge:average", "merge:rhm", "merge:ties-k0.5"]
     assert next(r for r in rows if r["method"] == "merge:rhm")["merge_hparams"] == {"trim": 0.2}
     # The target domain fed nothing to training, the probe head or model selection.
@@ -76,12 +78,12 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
     # The saved files merge on the command line like any checkpoints, and the merged file
     # scores (with θ0's metadata) exactly as the run's own average merge did.
     cell_dir = tmp_path / "run" / "models" / "seed0" / "outline"
-    result = CliRunner().invoke(app, ["merge", "--method", "average", "--pretrained", str(cell_dir / "zero_shot.safetensors"),
+    result = CliRunner().invoke(app, ["merge", "--method", "average", "--pretrained", str(cell_dir / "linear_probe.safetensors"),
                                       "--out", str(tmp_path / "merged.safetensors"), "--models",
                                       str(cell_dir / "source_noisy.safetensors"), str(cell_dir / "source_solid.safetensors")])
     assert result.exit_code == 0, result.output
     merged_scores = score_model(tmp_path / "merged.safetensors", tiny_data / "Shapes", ["outline"],
-                                like=cell_dir / "zero_shot.safetensors")
+                                like=cell_dir / "linear_probe.safetensors")
     average_row = next(r for r in rows if r["method"] == "merge:average")
     assert merged_scores["outline"][1] == pytest.approx(average_row["test_acc"])
 
@@ -105,7 +107,7 @@ def test_merge_of_identical_sources_is_that_model(tiny_data, tmp_path):
     rows = experiment.run_experiment(cfg, log=lambda _: None)
     accs = {r["method"]: r["test_acc"] for r in rows}
     for merged in ("merge:average", "merge:ties", "merge:rhm"):
-        assert accs[merged] == pytest.approx(accs["zero_shot"])
+        assert accs[merged] == pytest.approx(accs["linear_probe"])
 
 
 def test_merges_are_validated_in_the_config():
@@ -166,13 +168,13 @@ def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_dat
     from dgmerge.config import HamVariant
 
     trained: list[dict] = []
-    real = experiment.train_ham
+    real = cell_module.train_ham
 
     def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
         trained.append(ham_cfg.model_dump())
         return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
 
-    monkeypatch.setattr(experiment, "train_ham", spy)
+    monkeypatch.setattr(cell_module, "train_ham", spy)
     variants = [HamVariant(label="ties", set={"merge_method": "ties", "merge_hparams": {"keep": 0.2}}),
                 HamVariant(label="best", set={"historical": "none"}),
                 HamVariant(label="no-sae", set={"sae": False}),

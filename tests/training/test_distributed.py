@@ -154,7 +154,7 @@ def test_world_size_must_equal_number_of_sources(tmp_path: Path):
 
 @pytest.mark.slow
 def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path):
-    """`torchrun -m dgmerge.train` on tiny generated images: same row as `dgmerge train` with methods [ham]."""
+    """`torchrun -m dgmerge.cli.distributed_ham` on tiny generated images: same row as `dgmerge run` with methods [ham]."""
     from dgmerge.data.synthetic import generate_synthetic
     from dgmerge.evaluation.results import read_results
     from dgmerge.files import read_state_dict
@@ -170,7 +170,7 @@ def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "dgmerge.train", str(path),
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "dgmerge.cli.distributed_ham", str(path),
                 "--test-domain", "outline", "--seed", "0"]
     env = {**os.environ, "DGMERGE_QUIET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=120)

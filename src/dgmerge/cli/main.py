@@ -32,17 +32,18 @@ def _root(
 def _register_commands() -> None:
     # Each module adds its own commands; importing here keeps `dgmerge --help` the one
     # place where the full command list is assembled.
-    from dgmerge.cli import (bench_cmd, data_cmd, demo_cmd, evaluate_cmd, figures_cmd, merge_cmd, report_cmd,
-                             sweep_cmd, train_cmd)
+    from dgmerge.cli import (bench_cmd, data_cmd, demo_cmd, evaluate_cmd, figures_cmd, merge_cmd, methods_cmd,
+                             report_cmd, run_cmd, sweep_cmd)
 
     data_cmd.register(app)
     demo_cmd.register(app)
-    train_cmd.register(app)
+    run_cmd.register(app)
     evaluate_cmd.register(app)
     sweep_cmd.register(app)
     report_cmd.register(app)
     merge_cmd.register(app)
     figures_cmd.register(app)
+    methods_cmd.register(app)
     bench_cmd.register(app)
 
 

@@ -16,6 +16,8 @@ from pydantic_core import PydanticCustomError
 
 from dgmerge.config.backbone import BackboneConfig
 from dgmerge.config.base import StrictModel
+from dgmerge.config.gating import GatingConfig
+from dgmerge.config.tasks import TasksConfig
 from dgmerge.config.ham import HamConfig
 from dgmerge.merging import available, get_method
 
@@ -157,6 +159,10 @@ class ExperimentConfig(StrictModel):
     # Which variants method "ham_variants" runs: all, only those reusing HAM's training (free:
     # a merge and an evaluation each), or only those that train their own models.
     ham_variant_runs: Literal["all", "reuse", "train"] = "all"
+    # The gating merge of Ye et al. (experiment method "gating"): gate, m values, bases.
+    gating: GatingConfig = Field(default_factory=GatingConfig)
+    # Multi-task instead of leave-one-domain-out: cells are task combinations (config/tasks.py).
+    tasks: TasksConfig | None = None
     # Save every trained model (safetensors, with its config in the metadata) under output_dir.
     save_models: bool = True
 

@@ -185,7 +185,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """dgmerge's JSON metadata (architecture, classes, method, ...) of a model file it wrote."""
     metadata = read_metadata(path)
     if META_KEY not in metadata:
-        raise ModelFileError(path, "has no dgmerge metadata (was it written by `dgmerge train` or `dgmerge demo`?)",
+        raise ModelFileError(path, "has no dgmerge metadata (was it written by `dgmerge run` or `dgmerge demo`?)",
                              "pass --like with a model that has it to borrow its architecture")
     try:
         meta = json.loads(metadata[META_KEY])

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from dgmerge.atomic import atomic_write
 from dgmerge.config import BackboneConfig
+from dgmerge.files import META_KEY, ModelFileError, read_meta, read_state_dict, save_model, save_state_dict
 from dgmerge.gating.gate import Gate
 from dgmerge.models import load_backbone
 from dgmerge.models.stages import Cut
-from dgmerge.pipeline.artifacts import META_KEY, read_model_meta, save_model
 
 
 def save_gate(path: Path, gate: Gate, backbone_cfg: BackboneConfig, tasks: list[str], fraction: float) -> Path:
@@ -27,7 +25,7 @@ def save_gate(path: Path, gate: Gate, backbone_cfg: BackboneConfig, tasks: list[
 
 def load_gate(path: Path) -> tuple[Gate, dict[str, Any]]:
     """A gate written by save_gate (no weights are downloaded: everything is in the file)."""
-    meta = read_model_meta(path)
+    meta = read_meta(path)
     if meta.get("kind") != "gate":
         raise ValueError(f"{path} is not a gate file (its metadata kind is {meta.get('kind')!r}); pass the "
                          "gate.safetensors a gating benchmark wrote")
@@ -35,21 +33,18 @@ def load_gate(path: Path) -> tuple[Gate, dict[str, Any]]:
     backbone = load_backbone(cfg)
     cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
     gate = Gate(backbone.encoder, int(meta["feature_dim"]), len(meta["tasks"]), cut)
-    gate.load_state_dict(load_file(str(path)))
+    gate.load_state_dict(read_state_dict(path))
     gate.requires_grad_(False)
     return gate.eval(), meta
 
 
 def save_grams(path: Path, grams: dict[str, torch.Tensor], task: str) -> Path:
     """One expert's RegMean Gram matrices."""
-    with atomic_write(Path(path)) as temp:
-        save_file({k: v.contiguous() for k, v in grams.items()}, str(temp),
-                  metadata={META_KEY: json.dumps({"kind": "grams", "task": task})})
-    return Path(path)
+    return save_state_dict(path, grams, metadata={META_KEY: json.dumps({"kind": "grams", "task": task})}, force=True)
 
 
 def load_grams(path: Path) -> dict[str, torch.Tensor]:
     """Gram matrices written by save_grams."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--grams {path}: no such file")
-    return load_file(str(path))
+        raise ModelFileError(path, "no such file", "pass the grams_<task>.safetensors a gating run wrote")
+    return read_state_dict(path)

@@ -6,7 +6,8 @@ MobileNetV2 each inverted-residual block (expand 1×1 conv, depthwise 3×3, proj
 their norms) is one module, and the tail (conv_head + bn2) one more; m modules are gated in
 total. Norm layers of the trained blocks are gated too (the paper gates all norms and
 embeddings; here the embedding is frozen, identical in every expert). Everything else that
-trained is merged by AvgMean, Task Arithmetic or RegMean; frozen tensors stay θ0's.
+trained is merged by AvgMean, Task Arithmetic or RegMean (merging/regmean.py, 1×1 convolutions
+in closed form); frozen tensors stay θ0's.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from dgmerge.gating.gated_model import GatedClassifier, install_mixtures
-from dgmerge.merging.average import weighted_average
-from dgmerge.merging.regmean import regmean_weight
 from dgmerge.merging.scope import merge_subset
 from dgmerge.merging.similarity import pairwise_cosine_sum
-from dgmerge.merging.statistics import _inputs
 from dgmerge.models.classifier import NORM_TYPES
 from dgmerge.models.stages import Cut
 
@@ -110,79 +108,23 @@ def gated_module_names(encoder: nn.Module, candidates: dict[str, list[str]], cho
     return names
 
 
-@torch.no_grad()
-def collect_pointwise_gram(encoder: nn.Module, loader: Iterable, keys: Sequence[str], *, cut: Cut | None = None,
-                           max_batches: int | None = None, prefix: str = "encoder.") -> StateDict:
-    """Mean input Gram XᵀX / rows of the 1×1 convolutions and linear layers among `keys`.
-
-    A 1×1 convolution is a linear map applied at every pixel, so RegMean's closed form
-    holds with every pixel a row of X. Depthwise and k×k convolutions are not linear maps of
-    a pixel's channels; they (and norms) are averaged.
-    """
-    from dgmerge.models.stages import run_from
-
-    sums: StateDict = {}
-    rows: dict[str, int] = {}
-    handles = []
-    wanted = set(keys)
-    for name, module in encoder.named_modules():
-        key = f"{prefix}{name}.weight"
-        if key not in wanted:
-            continue
-        is_pointwise = isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
-        if not (is_pointwise or isinstance(module, nn.Linear)):
-            continue
-
-        def add(_mod: nn.Module, args: tuple, k: str = key) -> None:
-            x = args[0]
-            x = x.permute(0, 2, 3, 1) if x.dim() == 4 else x
-            x = x.reshape(-1, x.shape[-1]).double()
-            sums[k] = sums[k] + x.T @ x if k in sums else x.T @ x
-            rows[k] = rows.get(k, 0) + x.shape[0]
-
-        handles.append(module.register_forward_pre_hook(add))
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            x = _inputs(batch)
-            run_from(encoder, cut, x) if cut is not None else encoder(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        encoder.train(was_training)
-    return {k: (v / rows[k]).float() for k, v in sums.items()}
-
-
-def regmean_cnn(pretrained: StateDict, experts: Sequence[StateDict], grams: Sequence[StateDict],
-                keys: Sequence[str], alpha: float = 0.9) -> StateDict:
-    """RegMean over `keys`: the closed form for keys with Gram matrices (1×1 convs as 2-D), the mean elsewhere."""
-    if len(grams) != len(experts):
-        raise ValueError(f"regmean: {len(grams)} Gram dicts for {len(experts)} experts; pass one per expert")
-    merged = dict(weighted_average({k: pretrained[k] for k in keys}, [{k: e[k] for k in keys} for e in experts]))
-    for key in keys:
-        if not all(key in g for g in grams):
-            continue
-        shape = pretrained[key].shape
-        flat = [e[key].reshape(shape[0], -1) for e in experts]
-        merged[key] = regmean_weight(flat, [g[key] for g in grams], alpha).reshape(shape).to(pretrained[key].dtype)
-    return merged
-
-
 def base_merge(method: str, pretrained: StateDict, experts: Sequence[StateDict], keys: Sequence[str],
                *, grams: Sequence[StateDict] | None = None, scale: float = 0.5, alpha: float = 0.9) -> StateDict:
     """θ0 with `keys` merged by AvgMean, Task Arithmetic (λ = scale) or RegMean; the rest stays θ0's."""
     if method not in BASES:
         raise ValueError(f"base merge {method!r}; use one of {BASES}")
+    hparams: dict[str, Any] = {}
     if method == "regmean":
         if grams is None:
-            raise ValueError("base merge regmean needs Gram matrices (collect_pointwise_gram per expert)")
-        state = {k: v.clone() for k, v in pretrained.items()}
-        state.update(regmean_cnn(pretrained, experts, grams, keys, alpha))
-        return state
-    hparams: dict[str, Any] = {"scale": scale} if method == "task_arithmetic" else {}
+            raise ValueError("base merge regmean needs Gram matrices (collect_gram(..., conv1x1=True) per expert)")
+        # RegMean's closed form for the 1×1 convs and linears that have Grams, the mean elsewhere;
+        # a model without such layers (only k×k convs) has no closed form anywhere: the mean.
+        subset = [{k: g[k] for k in keys if k in g} for g in grams]
+        if not any(subset):
+            return dict(merge_subset("average", pretrained, list(experts), list(keys)))
+        hparams = {"grams": subset, "alpha": alpha, "conv1x1": "matrix"}
+    elif method == "task_arithmetic":
+        hparams = {"scale": scale}
     return dict(merge_subset(method, pretrained, list(experts), list(keys), **hparams))
 
 

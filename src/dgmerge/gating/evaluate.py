@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from dgmerge.gating.combine import (
 from dgmerge.gating.counting import model_cost
 from dgmerge.gating.gate import Gate
 from dgmerge.gating.gated_model import GatedClassifier
-from dgmerge.gating.sources import Setting
+from dgmerge.models.backbone import Backbone
+from dgmerge.models.stages import Cut
 
 StateDict = dict[str, torch.Tensor]
 PLAIN = ("average", "regmean", "task_arithmetic")
@@ -49,6 +51,16 @@ class Variant:
 def variants(ms: Sequence[int], gating_bases: Sequence[str] = ("average", "regmean")) -> list[Variant]:
     """The plain merges, then gating + each base for every m (Ye et al.'s row order)."""
     return [Variant(b) for b in PLAIN] + [Variant(b, m) for b in gating_bases for m in ms]
+
+
+@dataclass
+class Setting:
+    """θ0's backbone, where its trainable suffix starts (cut) and its trainable encoder tensors."""
+
+    backbone_cfg: Any
+    backbone: Backbone
+    cut: Cut
+    trainable: list[str]
 
 
 @dataclass

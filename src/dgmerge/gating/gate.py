@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from dgmerge.data.splits import seed_hash
 from dgmerge.models.classifier import NORM_TYPES
@@ -124,3 +124,11 @@ def train_gate(gate: Gate, task_sets: Sequence[Dataset], *, steps: int = 150, ba
     gate.requires_grad_(False)
     result.wall_time_s = time.perf_counter() - start
     return result
+
+
+@torch.no_grad()
+def gate_probs(gate: Gate, data: Dataset, batch_size: int) -> torch.Tensor:
+    """P(x) = softmax(G(x)) for every item of `data`, (n, N)."""
+    gate.eval()
+    out = [torch.softmax(gate(x), dim=-1) for x, _ in DataLoader(data, batch_size=batch_size)]
+    return torch.cat(out)

@@ -13,7 +13,7 @@ from typing import Any
 
 from dgmerge.atomic import atomic_write, write_text_atomic  # noqa: F401  (re-exported)
 
-# kept for dgmerge.gating until it moves to dgmerge.files (gating/artifacts.py, files.py,
+# kept until nothing imports these from here (gating/files.py,
 # bench_dg.py and bench_multitask.py import these from here), and for pipeline/experiment.py
 # (save_model), whose owner switches it over.
 from dgmerge.files import META_KEY, save_model  # noqa: F401  (re-exported)

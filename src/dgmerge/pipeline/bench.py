@@ -21,10 +21,10 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from dgmerge.atomic import write_text_atomic
-from dgmerge.config import ExperimentConfig, load_config, resolve_config_path
+from dgmerge.config import ExperimentConfig, resolve_config_path
 from dgmerge.evaluation.results import read_results
 from dgmerge.models.entries import find_pretrained
-from dgmerge.pipeline.experiment import experiment_key, run_experiment
+from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
@@ -38,7 +38,8 @@ SHARED_WEIGHTS = Path("../shared/weights/mobilenetv2_100_imagenet_tflite.safeten
 
 # Main table rows, in the HAM paper's order: method in results.jsonl -> row label.
 MAIN_ROWS = {
-    "zero_shot": "Frozen linear probe (zero-shot row)",
+    "linear_probe": "Frozen linear probe",
+    "zero_shot": "Frozen linear probe",  # results written before the row was named after its head
     "erm": "ERM",
     "single_source_mean": "Single-source models (mean)",
     "merge:average": "Avg",
@@ -116,13 +117,13 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
     if opts.steps:
         overrides["train.steps"] = opts.steps
     part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
-    methods = {"main": ["zero_shot", "erm", "single_source", "merge", "ham", "ham_variants"],
-               "ablations": ["ham_variants"], "all": ["zero_shot", "erm", "single_source", "merge", "ham",
+    methods = {"main": ["linear_probe", "erm", "single_source", "merge", "ham", "ham_variants"],
+               "ablations": ["ham_variants"], "all": ["linear_probe", "erm", "single_source", "merge", "ham",
                                                      "ham_variants"]}[part]
     overrides["methods"] = methods
     overrides["ham_variant_runs"] = {"main": "reuse", "ablations": "train", "all": "all"}[part]
     overrides.update(opts.overrides)
-    return load_config(resolve_config_path(CONFIG_NAME), overrides)
+    return load_experiment(resolve_config_path(CONFIG_NAME), overrides)
 
 
 def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:

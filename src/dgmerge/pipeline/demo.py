@@ -21,7 +21,7 @@ from dgmerge.pipeline.pretrain import pretrain_backbone
 from dgmerge.reports.table import build_tables, to_markdown
 
 SYNTHETIC_NAME = "Shapes"
-METHODS = ["zero_shot", "erm", "single_source", "merge", "ham"]
+METHODS = ["linear_probe", "erm", "single_source", "merge", "ham"]
 SYNTHETIC_STEPS = 80
 REAL_STEPS = 150
 

@@ -1,13 +1,13 @@
-"""Distributed HAM for one experiment cell: `torchrun --nproc_per_node N_S -m dgmerge.train CONFIG ...`.
+"""Distributed HAM for one experiment cell: `torchrun --nproc_per_node N_S -m dgmerge.cli.distributed_ham CONFIG ...`.
 
-    torchrun --nproc_per_node 3 -m dgmerge.train src/dgmerge/configs/pacs_mobilenetv2.yaml \
+    torchrun --nproc_per_node 3 -m dgmerge.cli.distributed_ham src/dgmerge/configs/pacs_mobilenetv2.yaml \
         --test-domain sketch --seed 0 [--set train.steps=500 ...] [--out runs/pacs]
 
 N_S is the number of source domains (all domains but the test domain): one rank per source
-model. Every rank builds the cell as `dgmerge train` does (pipeline.experiment.build_cell;
+model. Every rank builds the cell as `dgmerge run` does (dgmerge.methods.build_cell;
 rank 0 first, so downloads and disk feature caches are written once), then trains its source
 with `train_ham_distributed`. Rank 0 evaluates the merged model on the test domain and appends
-the "ham" row to <output_dir>/results.jsonl with the same helpers as `dgmerge train`, so the
+the "ham" row to <output_dir>/results.jsonl with the same helpers as `dgmerge run`, so the
 row joins the single-process ones in reports. A cell whose "ham" row is already in the results
 (same experiment key) is skipped unless --force.
 
@@ -27,12 +27,17 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from dgmerge.config import ConfigError, ExperimentConfig, load_config, parse_overrides
+from dgmerge.config import ConfigError, ExperimentConfig, parse_overrides
+from dgmerge.data.imagefolder import scan_domains
+from dgmerge.methods import build_cell
+from dgmerge.pipeline.experiment import experiment_key, finished_methods, load_experiment
+from dgmerge.training.distributed import train_ham_distributed
+from dgmerge.training.history import save_history
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of the distributed entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dgmerge.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dgmerge.cli.distributed_ham", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="YAML experiment config (see src/dgmerge/configs/)")
     parser.add_argument("--test-domain", required=True, help="held-out domain; every other domain is a source")
     parser.add_argument("--seed", type=int, default=None, help="trial seed (default: the config's first seed)")
@@ -52,7 +57,7 @@ def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not set: start this module with torchrun "
-                           "(torchrun --nproc_per_node N_SOURCES -m dgmerge.train ...)")
+                           "(torchrun --nproc_per_node N_SOURCES -m dgmerge.cli.distributed_ham ...)")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cpu")
     if backend == "nccl":
@@ -73,15 +78,6 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
 
     Returns None on the other ranks, and on every rank when the cell is already recorded.
     """
-    # Imported here so that `--help` and argument errors do not pay for the model stack.
-    from dgmerge.data.imagefolder import scan_domains
-    from dgmerge.evaluation.results import append_result
-    from dgmerge.models.classifier import set_trainable
-    from dgmerge.pipeline import experiment
-    from dgmerge.pipeline.artifacts import save_history, save_model
-    from dgmerge.training.distributed import train_ham_distributed
-    from dgmerge.training.finetune import copy_model
-
     rank, world = dist.get_rank(), dist.get_world_size()
     index = scan_domains(cfg.data.root / cfg.data.dataset)
     if test_domain not in index.domains:
@@ -92,11 +88,11 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
         # Checked before building the cell: that can take minutes and would end in the same error.
         raise ValueError(f"{len(sources)} source domains ({', '.join(sources)}) need --nproc_per_node "
                          f"{len(sources)}, got a world size of {world}")
-    key = experiment.experiment_key(cfg)
+    key = experiment_key(cfg)
     results_path = cfg.output_dir / "results.jsonl"
     done = False
     if rank == 0 and not force:
-        done = "ham" in experiment._finished_methods(results_path, key).get((seed, test_domain), set())
+        done = "ham" in finished_methods(results_path, key).get((seed, test_domain), set())
     if _broadcast_from_rank0(done):
         if rank == 0:
             print(f"[skip] seed {seed}, test domain {test_domain}: ham already in {results_path} (--force to rerun)")
@@ -105,38 +101,33 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
     # Rank 0 builds first so that weight downloads and disk feature caches are written once.
     if rank != 0:
         dist.barrier()
-    cell = experiment.build_cell(cfg, index, test_domain, seed, key)
+    cell = build_cell(cfg, index, test_domain, seed, key)
+    cell.results_path = results_path
     if rank == 0:
         dist.barrier()
     start = time.perf_counter()
-    theta = copy_model(cell.theta0)
-    set_trainable(theta, cell.backbone, cfg.train.trainable, cfg.train.train_head)
-    result = train_ham_distributed(theta, cell.train_sets, cell.val_sets, cfg.train, cfg.ham, seed, device=device)
+    result = train_ham_distributed(cell.trainable_copy(), cell.train_sets, cell.val_sets, cfg.train, cfg.ham, seed,
+                                   device=device)
     if result is None:
         return None
-    save_history(cfg.output_dir / "logs" / f"seed{seed}" / test_domain / "ham.csv", result.history)
-    merged = copy_model(cell.theta0)
-    merged.load_state_dict(result.merged_state)
+    save_history(cell.logs_dir / "ham.csv", result.history)
     extra = {"merged_from": result.merged_from, "train_wall_time_s": round(result.wall_time_s, 3),
              "distributed": {"world_size": world, "backend": dist.get_backend()}}
-    # TODO(experiment.py): use a public "evaluate and record one method" helper once it exists.
-    row = experiment._evaluate_and_record(cell, "ham", merged, start, extra, "ham", None)
-    append_result(results_path, row)
-    if cfg.save_models:
-        save_model(cell.out_dir / "ham.safetensors", merged, experiment._model_meta(cell, "ham"))
+    row = cell.record("ham", cell.loaded(result.merged_state), start, extra,
+                      hparams={"ham": cfg.ham.model_dump(mode="json")})
     print(f"   ham (distributed, {world} ranks)  test acc {100 * row['test_acc']:5.1f}   "
           f"source val {100 * row['val_acc']:5.1f}   -> {results_path}")
     return row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m dgmerge.train` under torchrun; returns the exit code."""
+    """Entry point of `python -m dgmerge.cli.distributed_ham` under torchrun; returns the exit code."""
     args = parse_args(argv)
     try:
         extra = parse_overrides(args.overrides)
         if args.out is not None:
             extra["output_dir"] = str(args.out)
-        cfg = load_config(args.config, extra)
+        cfg = load_experiment(args.config, extra)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.config import (
+    BackboneConfig,
+    DataConfig,
+    ExperimentConfig,
+    ProbeConfig,
+    TrainConfig,
+)
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.models import load_backbone
@@ -57,16 +63,31 @@ def test_cached_run_equals_uncached_run(tiny_data, tmp_path):
     assert scores["noisy"][1] == pytest.approx(erm["test_acc"])
 
 
-def test_cache_needs_a_frozen_prefix(tiny_data, tmp_path):
-    # MobileNetV2's stem trains under trainable=all, so no block has a constant input.
-    cfg = config(tiny_data, tmp_path / "run", "memory")
-    cfg.backbone = BackboneConfig(kind="timm", name="mobilenetv2_050")
-    cfg.train.trainable = "all"
-    backbone = load_backbone(cfg.backbone)
-    with pytest.raises(ValueError, match="frozen prefix"):
-        experiment._cut_for(cfg, backbone)
-    cfg.train.trainable = "last:2"
-    assert experiment._cut_for(cfg, backbone).block == "blocks.5"
-    cfg.data.train_augment = True
-    with pytest.raises(ValueError, match="train_augment"):
-        experiment._cut_for(cfg, backbone)
+def test_cached_activations_are_reused_from_disk_and_selected_by_sample(tmp_path):
+    from dgmerge.models.stages import Cut
+    from dgmerge.training.feature_cache import ActivationDataset, cached_activations
+
+    class Images(torch.utils.data.Dataset):
+        samples = [(f"img{i}.png", i % 2) for i in range(5)]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.full((3, 32, 32), float(i)), i % 2
+
+    encoder = load_backbone(BackboneConfig(kind="tiny_cnn", name="tiny", image_size=32)).encoder
+    calls = []
+    encoder.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    cut = Cut("blocks.2", 32)
+    first = cached_activations(encoder, cut, Images(), key="k", cache_dir=tmp_path, dtype="float16", batch_size=2)
+    assert len(calls) == 3 and (tmp_path / "k.safetensors").is_file()
+    again = cached_activations(encoder, cut, Images(), key="k", cache_dir=tmp_path, dtype="float16")
+    assert len(calls) == 3  # read from disk: the prefix did not run again
+    assert again.activations.dtype == torch.float16 and again[0][0].dtype == torch.float32
+    torch.testing.assert_close(again.activations, first.activations)
+    picked = again.select([("img3.png", 1), ("img0.png", 0)])
+    assert isinstance(picked, ActivationDataset) and picked.samples == [("img3.png", 1), ("img0.png", 0)]
+    torch.testing.assert_close(picked.activations[0], first.activations[3])
+    with pytest.raises(KeyError, match="img9.png"):
+        again.select([("img9.png", 0)])

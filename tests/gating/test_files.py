@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from dgmerge.cli.main import app
 from dgmerge.config import BackboneConfig
 from dgmerge.gating.artifacts import save_gate
-from dgmerge.gating.config import load_bench_config
 from dgmerge.gating.files import merge_gating_files, parse_gating_settings
 from dgmerge.gating.gate import new_gate
 from dgmerge.gating.gated_model import GatedClassifier
@@ -88,17 +87,3 @@ def test_gating_settings_and_cli_errors(files):
                                  "--gate", str(folder / "gate.safetensors"), "--set", "m=2",
                                  "--out", str(folder / "o.safetensors"), "--models", str(paths[0])])
     assert result.exit_code == 2 and "2 tasks" in result.output
-
-
-def test_shipped_bench_configs_load(tmp_path):
-    dg = load_bench_config(None, default="gating_pacs_dg")
-    mt = load_bench_config(None, default="multitask_pacs_digits")
-    assert dg.ms == [0, 1, 3, 5] and dg.pool.gate_fraction <= 0.15 and dg.pool.steps <= 200
-    assert {len(c) for c in mt.combos} == {2, 3, 4}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: {gate_fraction: 0.5}\n")
-    with pytest.raises(ValueError, match="gate_fraction"):
-        load_bench_config(bad)
-    bad.write_text("mz: [1]\n")
-    with pytest.raises(ValueError, match="mz"):
-        load_bench_config(bad)

@@ -1,0 +1,111 @@
+"""Building a cell: splits, θ0 and its frozen head, datasets (or cached activations).
+
+The test domain is held out of everything built here except the test set itself: the
+splits are checked for leaks, the probe head is fitted on the pooled source training
+splits, and validation sets are the sources' out-splits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from dgmerge.config import ExperimentConfig
+from dgmerge.data.cache import InMemoryDataset
+from dgmerge.data.environments import Environments, make_environments
+from dgmerge.data.imagefolder import DomainIndex, ImageDataset
+from dgmerge.data.transforms import train_transform
+from dgmerge.methods.cell import Cell
+from dgmerge.models import load_backbone
+from dgmerge.models.backbone import Backbone
+from dgmerge.models.classifier import Classifier, trainable_encoder_names
+from dgmerge.models.heads import LinearHead
+from dgmerge.models.stages import Cut, StageEncoder, first_trainable_block
+from dgmerge.training.feature_cache import ActivationDataset, cache_key, cached_activations
+from dgmerge.training.probe import extract_features, fit_linear_probe
+
+
+def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed: int, key: str) -> Cell:
+    """Environments, datasets and θ0 (encoder + frozen head) for one seed and test domain."""
+    envs = make_environments(index, test_domain, trial_seed=seed, holdout_fraction=cfg.data.holdout_fraction,
+                             max_images_per_domain=cfg.data.max_images_per_domain)
+    envs.check_no_leak()
+    torch.manual_seed(seed)
+    backbone = load_backbone(cfg.backbone)
+    eval_tf = backbone.preprocessing()
+    train_tf = train_transform(backbone.image_size, backbone.mean, backbone.std) if cfg.data.train_augment else eval_tf
+    mode = cfg.data.on_bad_image
+
+    def dataset(samples: list, transform: Any) -> Dataset:
+        data = ImageDataset(samples, transform, on_bad_image=mode)
+        return InMemoryDataset(data) if cfg.data.cache_images and transform is eval_tf else data
+
+    train_sets = {d: dataset(envs.train_in[d], train_tf) for d in envs.sources}
+    val_sets = {d: dataset(envs.train_out[d], eval_tf) for d in envs.sources}
+    test_set = dataset(envs.test_samples(cfg.data.test_split), eval_tf)
+    cut = None
+    if cfg.train.feature_cache != "off":
+        cut = cut_for(cfg, backbone)
+        # One cache per whole domain, in path order, so every seed, split and test domain
+        # reads the same files; splits are row selections of it.
+        domains = {d: sorted(envs.train_in[d] + envs.train_out[d], key=lambda s: str(s[0])) for d in envs.sources}
+        domains[test_domain] = sorted(envs.test, key=lambda s: str(s[0]))
+        cached = {d: _activations(cfg, backbone, cut, ImageDataset(samples, eval_tf, on_bad_image=mode), d)
+                  for d, samples in domains.items()}
+        train_sets = {d: cached[d].select(envs.train_in[d]) for d in envs.sources}
+        val_sets = {d: cached[d].select(envs.train_out[d]) for d in envs.sources}
+        test_set = cached[test_domain].select(envs.test_samples(cfg.data.test_split))
+    head = frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut)
+    theta0 = Classifier(backbone.encoder, head)
+    theta0.cut = cut
+    return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key)
+
+
+def cut_for(cfg: ExperimentConfig, backbone: Backbone) -> Cut:
+    """Where the frozen prefix ends for `train.trainable`; a clear error when there is none."""
+    if cfg.data.train_augment:
+        raise ValueError("train.feature_cache needs data.train_augment: false (augmented images differ every step)")
+    trainable = set(trainable_encoder_names(backbone.encoder, backbone, cfg.train.trainable))
+    block = first_trainable_block(backbone.encoder, backbone.blocks, trainable)
+    if block is None:
+        raise ValueError(f"train.feature_cache needs a frozen prefix: trainable={cfg.train.trainable!r} trains "
+                         f"parameters before every block of {backbone.name}; use trainable: last:N")
+    return Cut(block=block, image_size=backbone.image_size)
+
+
+def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, data: ImageDataset,
+                 domain: str) -> ActivationDataset:
+    cache_dir = None
+    if cfg.train.feature_cache == "disk":
+        cache_dir = cfg.train.feature_cache_dir or cfg.output_dir / "feature_cache"
+    key = cache_key(cfg.backbone.model_dump(mode="json"), cut, data.transform, data.samples,
+                    cfg.train.feature_cache_dtype)
+    return cached_activations(backbone.encoder, cut, data, key=key, cache_dir=cache_dir,
+                              dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size,
+                              desc=f"caching {domain}")
+
+
+def frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
+                eval_tf: Any, seed: int, train_sets: dict[str, Dataset], cut: Cut | None) -> torch.nn.Module:
+    """CLIP's text head, or a linear probe fitted on θ0's features of the pooled source training splits."""
+    if backbone.text_head is not None:
+        return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
+    # Un-augmented pooled source training splits only: the head must not see the target.
+    pooled = ConcatDataset([
+        ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image) if cfg.data.train_augment
+        else train_sets[d] for d in envs.sources])
+    return probe_head(backbone, cut, pooled, len(index.classes), cfg, seed)
+
+
+def probe_head(backbone: Backbone, cut: Cut | None, data: Dataset, n_classes: int, cfg: ExperimentConfig,
+               seed: int) -> LinearHead:
+    """A frozen linear probe on θ0's features of `data` (images, or activations at `cut`)."""
+    encoder = StageEncoder(backbone.encoder, cut) if cut is not None else backbone.encoder
+    feats, labels = extract_features(encoder, data, cfg.train.eval_batch_size, desc="probe features")
+    linear = fit_linear_probe(feats, labels, n_classes, cfg.probe, seed)
+    head = LinearHead(backbone.feature_dim, n_classes)
+    head.load_state_dict({f"linear.{k}": v for k, v in linear.state_dict().items()})
+    head.requires_grad_(False)
+    return head

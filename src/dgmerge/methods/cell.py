@@ -1,0 +1,238 @@
+"""The shared cell: everything one (seed, test domain) run offers its experiment methods.
+
+A cell holds the splits, θ0 with its frozen head, the (cached) datasets, and the services
+every method uses the same way: training from θ0 with resumable checkpoints, scoring a
+model and appending its row, saving it. What one method trains and another reuses (the
+single-source models for the merges and the gating merge, HAM's training for its variants)
+is trained once per cell, on first request.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from dgmerge.config import ExperimentConfig, HamConfig
+from dgmerge.data.environments import Environments
+from dgmerge.data.imagefolder import DomainIndex
+from dgmerge.evaluation.results import append_result, make_row
+from dgmerge.files import save_model
+from dgmerge.models.accuracy import accuracy
+from dgmerge.models.backbone import Backbone
+from dgmerge.models.classifier import Classifier, set_trainable, trainable_names
+from dgmerge.training.checkpoint import Checkpointer
+from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
+from dgmerge.training.ham import HamResult, train_ham
+from dgmerge.training.history import save_history
+
+Log = Callable[[str], None]
+Row = dict[str, Any]
+
+
+@dataclass
+class SourceRun:
+    """One source domain's model fine-tuned from θ0 (the single-source baseline and merge input)."""
+
+    source: str
+    model: Classifier
+    result: TrainResult
+    wall_time_s: float
+
+
+@dataclass
+class Cell:
+    """One (seed, test domain) of an experiment, built once and shared by its methods.
+
+    In a multi-task experiment (`tasks:`) a cell is one combination of tasks instead:
+    `test_domain` names the combination, every source (task) has its own head, classes and
+    test set (its out-split), and there are no validation sets (experts keep their final
+    weights, since nothing is held out to choose them on).
+    """
+
+    cfg: ExperimentConfig
+    index: DomainIndex | None
+    envs: Environments | None
+    seed: int
+    test_domain: str
+    backbone: Backbone
+    theta0: Classifier
+    train_sets: dict[str, Dataset]
+    val_sets: dict[str, Dataset]
+    test_set: Dataset
+    job: str
+    # Multi-task cells: each source's own head, classes and test set (empty in DG cells).
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
+    task_classes: dict[str, list[str]] = field(default_factory=dict)
+    test_sets: dict[str, Dataset] = field(default_factory=dict)
+    results_path: Path | None = None
+    log: Log = print
+    # Method names (and groups) already in results.jsonl for this cell, so reruns skip them.
+    done: set[str] = field(default_factory=set)
+    rows: list[Row] = field(default_factory=list)
+    _sources: list[SourceRun] | None = None
+    # (HAM config, its training) pairs trained in this cell, for variants that reuse them.
+    ham_runs: list[tuple[HamConfig, HamResult]] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[str]:
+        """The source domains (or tasks) of this cell, in order."""
+        return list(self.train_sets)
+
+    @property
+    def shared_head(self) -> bool:
+        """Whether every source shares θ0's head and label space (DG), or has its own (tasks)."""
+        return not self.heads
+
+    @property
+    def out_dir(self) -> Path:
+        """Where this cell's models go: <output_dir>/models/seed<seed>/<test domain>."""
+        return self.cfg.output_dir / "models" / f"seed{self.seed}" / self.test_domain
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where this cell's training histories go."""
+        return self.cfg.output_dir / "logs" / f"seed{self.seed}" / self.test_domain
+
+    # --- training -------------------------------------------------------------------------
+
+    def fine_tune(self, train_sets: dict[str, Dataset], desc: str,
+                  source: str | None = None) -> tuple[Classifier, TrainResult]:
+        """θ0 (with `source`'s head) fine-tuned on `train_sets`, one batch per set per step.
+
+        Returns the best state on the validation sets, or the final one when there are none.
+        """
+        model = self.trainable_copy(source)
+        name = desc.replace(" ", "_")
+        result = fine_tune(model, train_sets, self.val_sets, self.cfg.train, self.seed, desc=desc,
+                           checkpoint=self.checkpointer(name))
+        model.load_state_dict(result.best_state)
+        save_history(self.logs_dir / f"{name}.csv", result.history)
+        return model, result
+
+    def source_runs(self) -> list[SourceRun]:
+        """One model per source domain, trained on first request and shared by every method."""
+        if self._sources is None:
+            runs = []
+            for source in self.sources:
+                start = time.perf_counter()
+                model, result = self.fine_tune({source: self.train_sets[source]}, f"source {source}", source)
+                runs.append(SourceRun(source, model, result, time.perf_counter() - start))
+            self._sources = runs
+        return self._sources
+
+    def train_ham(self, ham_cfg: HamConfig, name: str) -> HamResult:
+        """HAM's lockstep training of one model per source under `ham_cfg` (resumable)."""
+        theta = self.trainable_copy()
+        result = train_ham(theta, self.train_sets, self.val_sets, self.cfg.train, ham_cfg, self.seed, desc=name,
+                           checkpoint=self.checkpointer(name))
+        save_history(self.logs_dir / f"{name}.csv", result.history)
+        self.ham_runs.append((ham_cfg, result))
+        return result
+
+    def theta0_for(self, source: str | None) -> Classifier:
+        """θ0 under `source`'s head (θ0 itself in a DG cell, or when `source` is None)."""
+        if source is None or source not in self.heads:
+            return self.theta0
+        model = Classifier(self.theta0.encoder, self.heads[source])
+        model.cut = self.theta0.cut
+        return model
+
+    def trainable_copy(self, source: str | None = None) -> Classifier:
+        """A copy of θ0 (with `source`'s head) with `train.trainable` (and `train.train_head`) on."""
+        model = copy_model(self.theta0_for(source))
+        set_trainable(model, self.backbone, self.cfg.train.trainable, self.cfg.train.train_head)
+        return model
+
+    def loaded(self, state: dict[str, torch.Tensor]) -> Classifier:
+        """A copy of θ0 holding `state`."""
+        model = copy_model(self.theta0)
+        model.load_state_dict(state)
+        return model
+
+    def trained_keys(self) -> list[str]:
+        """State-dict keys of the parameters fine-tuning changes (the tensors worth merging)."""
+        return trainable_names(self.theta0, self.backbone, self.cfg.train.trainable, self.cfg.train.train_head)
+
+    def checkpointer(self, name: str) -> Checkpointer:
+        """Where run `name`'s resumable state goes; keyed by the experiment so configs never mix."""
+        path = self.cfg.output_dir / "checkpoints" / self.job / f"seed{self.seed}" / self.test_domain / f"{name}.pt"
+        return Checkpointer(path, self.cfg.train.checkpoint_every)
+
+    # --- rows -----------------------------------------------------------------------------
+
+    def record(self, method: str, model: Classifier, start: float, extra: dict[str, Any], *,
+               group: str | None = None, result: TrainResult | None = None,
+               hparams: dict[str, Any] | None = None, task: str | None = None) -> Row:
+        """Score `model` on source validation and the test domain (or `task`'s test set), append its row, save it."""
+        batch = self.cfg.train.eval_batch_size
+        if result is not None and result.history and "val_acc" in result.history[-1]:
+            val_acc = result.best_val_acc
+        elif self.val_sets:
+            val_acc = statistics.fmean(accuracy(model, data, batch, desc=f"val {d}")
+                                       for d, data in self.val_sets.items())
+        else:
+            val_acc = float("nan")
+        test_set = self.test_sets[task] if task is not None else self.test_set
+        test_acc = accuracy(model, test_set, batch, desc=f"test {task or self.test_domain}")
+        if task is not None:
+            extra = {**extra, "task": task}
+        row = make_row(**self.row_ids(method, hparams), test_acc=test_acc, val_acc=val_acc,
+                       wall_time_s=time.perf_counter() - start, experiment_key=self.job,
+                       method_group=group or method, skipped_images=self.skipped_images(), **extra)
+        self.append(row)
+        self.log(f"   {method:<28} test acc {100 * row['test_acc']:5.1f}   source val {100 * row['val_acc']:5.1f}")
+        if self.cfg.save_models:
+            # "merge:ties" -> merge_ties.safetensors: colons are not portable in file names.
+            save_model(self.out_dir / f"{method.replace(':', '_')}.safetensors", model, self.model_meta(method, task))
+        return row
+
+    def append(self, row: Row) -> None:
+        """Append a finished row to results.jsonl (when the cell has one) and to this cell's rows."""
+        if self.results_path is not None:
+            append_result(self.results_path, row)
+        self.rows.append(row)
+
+    def row_ids(self, method: str, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fields every row of this cell carries: dataset, domain, seed, method, settings, split."""
+        cfg = self.cfg
+        settings = {"train": cfg.train.model_dump(mode="json"), "probe": cfg.probe.model_dump(mode="json"),
+                    **(hparams or {}), "backbone": cfg.backbone.model_dump(mode="json"),
+                    "train_augment": cfg.data.train_augment}
+        split = {"holdout_fraction": cfg.data.holdout_fraction, "trial_seed": self.seed,
+                 "split_seed": "seed_hash(trial_seed, domain)", "test_split": cfg.data.test_split,
+                 "max_images_per_domain": cfg.data.max_images_per_domain,
+                 "sources": self.sources, "n_test": len(self.test_set)}  # type: ignore[arg-type]
+        if self.test_sets:
+            split.update(test_split="out", max_test=cfg.tasks.max_test if cfg.tasks else None,
+                         n_test={t: len(d) for t, d in self.test_sets.items()})  # type: ignore[arg-type]
+        return {"dataset": cfg.data.dataset, "test_domain": self.test_domain, "seed": self.seed, "method": method,
+                "hparams": settings, "split": split, "selection": SELECTION_RULE}
+
+    def skipped_images(self) -> int:
+        """Unreadable images substituted so far in this cell (on_bad_image: skip); 0 otherwise."""
+        datasets = [*self.train_sets.values(), *self.val_sets.values(), self.test_set]
+        return len({path for data in datasets for path in getattr(data, "skipped", ())})
+
+    def classes(self, source: str | None = None) -> list[str]:
+        """The class names of `source`'s label space (the dataset's, in a DG cell)."""
+        if source is not None and source in self.task_classes:
+            return list(self.task_classes[source])
+        return list(self.index.classes) if self.index is not None else list(next(iter(self.task_classes.values())))
+
+    def model_meta(self, method: str, task: str | None = None) -> dict[str, Any]:
+        """The metadata a saved model carries, so `dgmerge evaluate` can rebuild it alone."""
+        meta = {"method": method, "dataset": self.cfg.data.dataset, "test_domain": self.test_domain,
+                "seed": self.seed, "classes": self.classes(task),
+                "backbone": self.cfg.backbone.model_dump(mode="json"),
+                "head": type(self.theta0_for(task).head).__name__}
+        return {**meta, "task": task} if task is not None else meta
+
+    def head_row_name(self) -> str:
+        """θ0's row: "zero_shot" under a CLIP text head, "linear_probe" under a fitted probe."""
+        return "zero_shot" if type(self.theta0.head).__name__ == "ZeroShotHead" else "linear_probe"

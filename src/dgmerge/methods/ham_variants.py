@@ -1,0 +1,50 @@
+"""HAM's ablations and tuning points (`ham_variants:`), one row ham:<label> each.
+
+Variants that change only the merge (method, hyperparameters, scope, or merging the best
+checkpoints) reuse a training already done in the cell; the others train their own models.
+`ham_variant_runs` picks all of them, only the reusing ones, or only the training ones.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dgmerge.config import ExperimentConfig, can_reuse
+from dgmerge.methods.cell import Cell, Row
+from dgmerge.methods.registry import register_experiment
+from dgmerge.training.ham import MERGED_FROM, merge_trained
+
+
+def _done(cfg: ExperimentConfig, seed: int, finished: set[str]) -> bool:
+    # Variants are done one by one: a config may add more after a run.
+    return all(f"ham:{v.label}" in finished for v in cfg.ham_variants if v.applies_to(seed))
+
+
+@register_experiment("ham_variants", order=50, done=_done,
+                     summary="HAM ablations/tuning points: `ham` with each variant's overrides (ham:<label>)",
+                     settings=("ham_variants", "ham_variant_runs"))
+def run(cell: Cell) -> list[Row]:
+    """Record every variant of this cell's seed not yet in results.jsonl."""
+    cfg = cell.cfg
+    rows = []
+    for variant in cfg.ham_variants:
+        method = f"ham:{variant.label}"
+        if method in cell.done or not variant.applies_to(cell.seed):
+            continue
+        ham_cfg = cfg.variant_config(variant)
+        reusable = can_reuse(ham_cfg, cfg.ham)
+        if (cfg.ham_variant_runs == "reuse" and not reusable) or (cfg.ham_variant_runs == "train" and reusable):
+            continue
+        start = time.perf_counter()
+        base = next((r for c, r in cell.ham_runs if can_reuse(ham_cfg, c)), None)
+        reused = base is not None
+        if base is None:
+            # Train what serves the most variants: HAM's own config when it covers this one.
+            train_cfg, name = (cfg.ham, "ham") if reusable else (ham_cfg, f"ham_{variant.label}")
+            base = cell.train_ham(train_cfg, name)
+        merged = merge_trained(base, cell.theta0.state_dict(), ham_cfg)
+        extra = {"variant": variant.model_dump(mode="json"), "merged_from": MERGED_FROM[ham_cfg.historical],
+                 "train_wall_time_s": round(base.wall_time_s, 3), "reused_training": reused}
+        rows.append(cell.record(method, cell.loaded(merged), start, extra, group="ham_variants",
+                                hparams={"ham": ham_cfg.model_dump(mode="json")}))
+    return rows

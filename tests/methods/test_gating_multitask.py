@@ -1,0 +1,76 @@
+"""Multi-task cells in the shared loop: tasks with their own label spaces, scored by the gating method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dgmerge.config import (
+    BackboneConfig,
+    DataConfig,
+    ExperimentConfig,
+    ProbeConfig,
+    TrainConfig,
+)
+from dgmerge.config.gating import GatingConfig
+from dgmerge.config.tasks import TasksConfig
+from dgmerge.data.synthetic import generate_synthetic
+from dgmerge.evaluation.results import read_results
+from dgmerge.pipeline.experiment import run_experiment
+from dgmerge.reports.gating_multitask_table import render_gating_multitask
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
+    return root
+
+
+def config(root: Path, out: Path, methods: list[str], combos: list[list[str]]) -> ExperimentConfig:
+    return ExperimentConfig(
+        output_dir=out, seeds=[0], methods=methods,
+        data=DataConfig(root=root, dataset="Shapes"),
+        backbone=BackboneConfig(kind="tiny_cnn", name="tiny", image_size=32),
+        probe=ProbeConfig(epochs=5, batch_size=32),
+        train=TrainConfig(steps=2, batch_size=4, lr=1e-2, eval_every=2, eval_batch_size=64, trainable="last:2",
+                          feature_cache="memory"),
+        tasks=TasksConfig(combos=combos, max_test=5),
+        gating=GatingConfig(ms=[1], gate_steps=2, gate_batch=4, gram_batches=1))
+
+
+def test_task_cells_have_their_own_label_spaces_and_heads(tiny_data, tmp_path):
+    pytest.importorskip("sklearn")
+    cfg = config(tiny_data, tmp_path / "run", ["single_source", "gating"], [["solid", "digits"],
+                                                                            ["outline", "solid", "digits"]])
+    rows = run_experiment(cfg, log=lambda _: None)
+    assert {r["test_domain"] for r in rows} == {"solid+digits", "outline+solid+digits"}
+    # Each expert is scored on its own task's out-split (at most max_test images).
+    experts = [r for r in rows if r["method"].startswith("source:") and r["test_domain"] == "solid+digits"]
+    assert [(r["method"], r["task"]) for r in experts] == [("source:solid", "solid"), ("source:digits", "digits")]
+    assert experts[0]["split"]["n_test"] == {"solid": 5, "digits": 5}
+    # Every gating row is per task and per head; an automatic head pays for the gate even at m = None.
+    gated = [r for r in rows if r["method"] == "gating:average:m1" and r["test_domain"] == "solid+digits"]
+    assert sorted((r["head"], r["task"]) for r in gated) == [
+        ("auto", "digits"), ("auto", "solid"), ("manual", "digits"), ("manual", "solid")]
+    plain = {r["head"]: r for r in rows if r["method"] == "gating:average" and r["task"] == "digits"
+             and r["test_domain"] == "solid+digits"}
+    assert plain["auto"]["params"] > plain["manual"]["params"]
+    assert all(0.0 <= r["routed"] <= 1.0 for r in gated)
+    # The expert alone on its task equals the single_source row of the same model.
+    alone = next(r for r in rows if r["method"] == "gating:individual" and r["task"] == "digits"
+                 and r["test_domain"] == "solid+digits")
+    assert alone["test_acc"] == pytest.approx(experts[1]["test_acc"])
+    table = render_gating_multitask(read_results(tmp_path / "run" / "results.jsonl"))
+    assert "**3 tasks: outline, solid, digits**" in table and "| Ours + AvgMean, m = 1 | auto |" in table
+    assert run_experiment(cfg, log=lambda _: None) == []
+
+
+def test_methods_that_need_one_label_space_are_refused_on_tasks(tiny_data, tmp_path):
+    cfg = config(tiny_data, tmp_path / "run", ["erm", "gating"], [["solid", "outline"]])
+    with pytest.raises(ValueError, match=r"\['erm'\] need one label space"):
+        run_experiment(cfg, log=lambda _: None)
+    cfg = config(tiny_data, tmp_path / "run", ["gating"], [["solid", "sketchy"]])
+    with pytest.raises(ValueError, match="sketchy"):
+        run_experiment(cfg, log=lambda _: None)
