@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from dgmerge.cli.main import app
 from dgmerge.config import BackboneConfig
+from dgmerge.evaluation.saved_models import load_model
+from dgmerge.files import save_model
 from dgmerge.gating.artifacts import save_gate
 from dgmerge.gating.files import merge_gating_files, parse_gating_settings
 from dgmerge.gating.gate import new_gate
@@ -19,8 +21,6 @@ from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead
 from dgmerge.models.stages import Cut
-from dgmerge.pipeline.artifacts import save_model
-from dgmerge.pipeline.scoring import load_model
 
 CFG = BackboneConfig(kind="tiny_cnn", name="micro", image_size=16)
 

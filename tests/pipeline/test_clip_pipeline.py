@@ -8,7 +8,7 @@ from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSp
 from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline import experiment
-from dgmerge.pipeline.scoring import score_model
+from dgmerge.evaluation.saved_models import score_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from dgmerge.evaluation.results import REQUIRED_FIELDS, read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.methods import build as cell_build
 from dgmerge.pipeline import experiment
-from dgmerge.pipeline.scoring import score_model
+from dgmerge.evaluation.saved_models import score_model
 
 
 @pytest.fixture(scope="module")

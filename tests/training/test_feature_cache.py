@@ -17,7 +17,7 @@ from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.models import load_backbone
 from dgmerge.pipeline import experiment
-from dgmerge.pipeline.scoring import score_model
+from dgmerge.evaluation.saved_models import score_model
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def evaluate(
     max_images: Optional[int] = typer.Option(None, help="Score only the first N images of each domain."),
 ) -> None:
     """Accuracy of a saved model on every image of each domain of a dataset."""
-    from dgmerge.pipeline.scoring import score_model
+    from dgmerge.evaluation.saved_models import score_model
 
     try:
         scores = score_model(model, data, domains, like=like, batch_size=batch_size, max_images=max_images)

@@ -31,7 +31,10 @@ def _root(
 
 def _register_commands() -> None:
     # Each module adds its own commands; importing here keeps `dgmerge --help` the one
-    # place where the full command list is assembled.
+    # place where the full command list is assembled. Importing the method packages fills
+    # the registries the commands read (experiment methods, gated model files, file merges).
+    import dgmerge.gating  # noqa: F401
+    import dgmerge.methods  # noqa: F401
     from dgmerge.cli import (bench_cmd, data_cmd, demo_cmd, evaluate_cmd, figures_cmd, merge_cmd, methods_cmd,
                              report_cmd, run_cmd, sweep_cmd)
 

@@ -15,8 +15,15 @@ import typer
 
 from dgmerge.cli.common import fail
 
-_METHOD_HELP = ("Merge method: average, task_arithmetic, ties, dare, rhm, regmean, fisher, tsv, score, "
-                "lwptv, greedy_soup (Python API only), or gating (Ye et al.; needs --gate).")
+
+
+def _method_help() -> str:
+    from dgmerge.merging import FILE_MERGES, available
+
+    state_dicts = [m for m in available() if m != "greedy_soup"]
+    files = [f"{m.name} (needs {', '.join('--' + i for i in m.inputs)})" for m in FILE_MERGES.values()]
+    return ("Merge method: " + ", ".join(state_dicts) + "; greedy_soup is Python API only"
+            + (f"; or {', '.join(files)}" if files else "") + ". `dgmerge methods` lists them.")
 
 
 def _check_model_args(models: List[Path]) -> None:
@@ -51,7 +58,7 @@ def register(app: typer.Typer) -> None:
     def merge_command(
         models: List[Path] = typer.Argument(None, metavar="MODELS...", show_default=False,
                                             help="Fine-tuned checkpoints (after --models)."),
-        method: str = typer.Option(..., "--method", "-m", help=_METHOD_HELP),
+        method: str = typer.Option(..., "--method", "-m", help=_method_help()),
         pretrained: Path = typer.Option(..., "--pretrained", "-p",
                                         help="The shared pretrained checkpoint θ0 (file or HF/open_clip directory)."),
         models_flag: bool = typer.Option(False, "--models", help="Marks the start of the fine-tuned checkpoints."),
@@ -60,24 +67,26 @@ def register(app: typer.Typer) -> None:
                                                      help="Method hyperparameter, repeatable: --set keep=0.2 --set scale=1"),
         force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
-        gate: Optional[Path] = typer.Option(None, "--gate", help="gating: the gate file (gate*.safetensors from "
-                                            "`dgmerge bench gating-dg` or `multitask`); models in its task order."),
+        gate: Optional[Path] = typer.Option(None, "--gate", help="gating: the gate file (gate.safetensors of a "
+                                            "gating run); models in its task order."),
         grams: Optional[List[Path]] = typer.Option(None, "--grams", help="gating with base=regmean: one Gram file "
                                                    "per model, repeatable, in the models' order."),
     ) -> None:
         """Merge fine-tuned checkpoints that share PRETRAINED into one model file.
 
-        --method gating (Ye et al.) writes a model with the gate, the gated modules' N weight
-        copies and every model's head; settings: base=average|task_arithmetic|regmean, m=0..5,
-        gate_norms, mode=sample|batch. `dgmerge evaluate` loads it.
+        Merges of whole model files need more inputs: --method gating (Ye et al.) takes the gate
+        (--gate) and writes a model with the gate, the gated modules' N weight copies and every
+        model's head; settings: base=average|task_arithmetic|regmean, m, gate_norms,
+        mode=sample|batch. `dgmerge evaluate` loads it.
         """
         from dgmerge.files import ModelFileError
-        from dgmerge.merging import MergeError, merge_files, parse_settings
+        from dgmerge.merging import FILE_MERGES, MergeError, merge_files, parse_settings
 
         _check_model_args(list(models or []))
         start = time.perf_counter()
-        if method == "gating":
-            _merge_gating(pretrained, list(models), gate, out, settings or [], list(grams or []), force, quiet)
+        if method in FILE_MERGES:
+            inputs = {"gate": [gate] if gate else [], "grams": list(grams or [])}
+            _merge_model_files(FILE_MERGES[method], pretrained, list(models), out, inputs, settings or [], force, quiet)
             return
         try:
             hparams = parse_settings(method, settings or [])
@@ -90,21 +99,21 @@ def register(app: typer.Typer) -> None:
             if merged.info:
                 typer.echo(json.dumps(_summary(merged.info), default=str))
 
-    def _merge_gating(pretrained: Path, models: List[Path], gate: Optional[Path], out: Path, settings: List[str],
-                      grams: List[Path], force: bool, quiet: bool) -> None:
-        from dgmerge.gating.files import merge_gating_files, parse_gating_settings
+    def _merge_model_files(spec: Any, pretrained: Path, models: List[Path], out: Path,
+                           inputs: dict[str, list[Path]], settings: List[str], force: bool, quiet: bool) -> None:
+        from dgmerge.files import ModelFileError
         from dgmerge.merging import MergeError
 
-        if gate is None:
-            fail("--method gating needs --gate GATE.safetensors (written by `dgmerge bench gating-dg` or `multitask`)")
+        unused = [f"--{name}" for name, files in inputs.items() if files and name not in spec.inputs]
+        if unused:
+            fail(f"--method {spec.name} takes no {', '.join(unused)}")
         start = time.perf_counter()
         try:
-            summary = merge_gating_files(pretrained, models, gate, out, grams=grams, force=force,
-                                         **parse_gating_settings(settings))
-        except (MergeError, FileNotFoundError, ValueError) as err:
+            summary = spec.run(pretrained, models, out, inputs=inputs, settings=settings, force=force)
+        except (MergeError, ModelFileError, FileNotFoundError, ValueError) as err:
             fail(str(err))
         if not quiet:
-            typer.echo(f"merged {len(models)} models with gating -> {out} ({time.perf_counter() - start:.1f} s)")
+            typer.echo(f"merged {len(models)} models with {spec.name} -> {out} ({time.perf_counter() - start:.1f} s)")
             typer.echo(json.dumps(_summary(summary), default=str))
 
     @app.command("inspect")

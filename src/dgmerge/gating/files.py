@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-from torch.utils.data import Dataset
 
 from dgmerge.config import BackboneConfig
+from dgmerge.evaluation.saved_models import load_model, register_model_kind
+from dgmerge.files import read_state_dict, save_model
 from dgmerge.gating.artifacts import load_gate, load_grams
 from dgmerge.gating.combine import (
     BASES,
@@ -28,12 +28,14 @@ from dgmerge.gating.combine import (
 )
 from dgmerge.gating.gate import Gate
 from dgmerge.gating.gated_model import MODES, GatedClassifier, install_mixtures
+from dgmerge.merging.files import register_file_merge
 from dgmerge.merging.validate import MergeError
 from dgmerge.models import load_backbone
 from dgmerge.models.heads import LinearHead
 from dgmerge.models.stages import Cut
-from dgmerge.pipeline.artifacts import save_model
 
+# The metadata kind of a gated model file; `dgmerge evaluate` loads it through register_model_kind.
+GATED_KIND = "gated_classifier"
 SETTINGS = {"base": str, "m": int, "gate_norms": bool, "mode": str, "scale": float, "alpha": float}
 
 
@@ -63,8 +65,6 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
 
     The i-th model is the expert of the gate's i-th task. Returns a summary for the CLI.
     """
-    from dgmerge.pipeline.scoring import load_model
-
     out = Path(out)
     if out.exists() and not force:
         raise MergeError(f"{out} exists; pass --force to overwrite it")
@@ -103,7 +103,7 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
     classes = [list(meta["classes"]) for _, meta, _ in experts]
     model = build_gated(theta0.encoder, merged, states, gated, gate, heads, classes, cut=gate.cut,
                         mode=settings["mode"], inputs="images")
-    meta = {"method": "gating", "backbone": meta0["backbone"], "head": "LinearHead", "classes": model.classes,
+    meta = {"kind": GATED_KIND, "method": "gating", "backbone": meta0["backbone"], "head": "LinearHead", "classes": model.classes,
             "tasks": [{"name": n, "classes": c} for n, c in zip(gate_meta["tasks"], classes)],
             "gated": gated, "chosen": chosen, "similarities": similarities, "cut": gate_meta["cut"],
             "image_size": gate_meta["image_size"], "feature_dim": gate.linear.in_features, **settings}
@@ -124,7 +124,7 @@ def load_gated(path: Path, meta: dict[str, Any]) -> tuple[GatedClassifier, Any]:
     heads = [LinearHead(int(meta["feature_dim"]), len(t["classes"])) for t in tasks]
     model = GatedClassifier(encoder, gate, heads, [t["classes"] for t in tasks], cut=cut, mode=meta["mode"],
                             inputs="images")
-    state = load_file(str(path))
+    state = read_state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit its gating metadata: missing {sorted(missing)[:5]}, "
@@ -132,16 +132,19 @@ def load_gated(path: Path, meta: dict[str, Any]) -> tuple[GatedClassifier, Any]:
     return model.eval(), backbone.preprocessing()
 
 
-class Relabelled(Dataset):
-    """`data` with labels mapped by `mapping` (dataset class index -> model output index)."""
+register_model_kind(GATED_KIND, load_gated)
 
-    def __init__(self, data: Dataset, mapping: Sequence[int]):
-        self.data = data
-        self.mapping = list(mapping)
 
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
+def _merge_from_files(pretrained: Path, models: Sequence[Path], out: Path, *, inputs: dict[str, list[Path]],
+                      settings: Sequence[str], force: bool) -> dict[str, Any]:
+    """`dgmerge merge --method gating`: one --gate file, --grams files for base=regmean."""
+    gates = inputs.get("gate") or []
+    if len(gates) != 1:
+        raise MergeError("--method gating needs one --gate GATE.safetensors (written by a run of the gating "
+                         "experiment method, e.g. `dgmerge bench gating-dg`)")
+    return merge_gating_files(pretrained, models, gates[0], out, grams=inputs.get("grams") or [], force=force,
+                              **parse_gating_settings(settings))
 
-    def __getitem__(self, idx: int) -> tuple[Any, int]:
-        x, y = self.data[idx]
-        return x, self.mapping[int(y)]
+
+register_file_merge("gating", _merge_from_files, inputs=("gate", "grams"),
+                    summary="Ye et al.'s gating merge: the gate, N copies of the m least-similar blocks, every head")

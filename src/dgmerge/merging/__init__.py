@@ -24,7 +24,7 @@ from dgmerge.merging.score import score
 from dgmerge.merging.lwptv import lwptv
 from dgmerge.merging.greedy_soup import greedy_soup
 
-from dgmerge.merging.files import inspect_files, merge_files, parse_settings
+from dgmerge.merging.files import FILE_MERGES, FileMerge, inspect_files, merge_files, parse_settings, register_file_merge
 from dgmerge.merging.diagnostics import TaskVectorReport, format_report, save_heatmap, task_vector_report
 from dgmerge.merging.quantile import Threshold, kth_smallest_magnitudes, magnitude_thresholds
 from dgmerge.merging.similarity import least_similar_modules, module_similarities
@@ -35,7 +35,7 @@ from dgmerge.merging.trajectory import EMA, HistoricalAverage, beta_weight
 __all__ = [
     "METHODS", "MergedState", "MergeError", "Param", "available", "get_method", "merge", "register",
     "check_models", "average", "task_arithmetic", "ties", "dare", "rhm", "regmean", "fisher", "tsv",
-    "score", "lwptv", "greedy_soup", "merge_files",
+    "score", "lwptv", "greedy_soup", "merge_files", "FILE_MERGES", "FileMerge", "register_file_merge",
     "inspect_files", "parse_settings", "TaskVectorReport", "task_vector_report", "format_report",
     "save_heatmap", "Threshold", "kth_smallest_magnitudes", "magnitude_thresholds",
     "least_similar_modules", "module_similarities", "collect_gram", "collect_fisher", "task_vector",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from dgmerge.files import check_writable, open_state_dict, read_state_dict, save_state_dict
 from dgmerge.merging.diagnostics import TaskVectorReport, task_vector_report
@@ -95,3 +96,30 @@ def inspect_files(pretrained: str | os.PathLike, models: Sequence[str | os.PathL
     """Task-vector diagnostics of checkpoint files (see `diagnostics.task_vector_report`)."""
     base, states = load_models(pretrained, models)
     return task_vector_report(base, states, names=[Path(p).stem for p in models])
+
+
+@dataclass(frozen=True)
+class FileMerge:
+    """A merge of whole model files that needs more than their state dicts (a gate, Gram files...).
+
+    run(pretrained, models, out, *, inputs, settings, force) -> a summary dict; `inputs` maps
+    each declared input name to the files given for it, `settings` are the raw --set pairs.
+    """
+
+    name: str
+    run: Callable[..., dict[str, Any]]
+    summary: str
+    inputs: tuple[str, ...] = ()
+
+
+# Registered by the packages that define such merges (dgmerge.gating registers "gating").
+FILE_MERGES: dict[str, FileMerge] = {}
+
+
+def register_file_merge(name: str, run: Callable[..., dict[str, Any]], *, summary: str,
+                        inputs: Sequence[str] = ()) -> FileMerge:
+    """Make `dgmerge merge --method NAME` call `run` with the files given for each of `inputs`."""
+    if name in FILE_MERGES and FILE_MERGES[name].run is not run:
+        raise ValueError(f"a file merge {name!r} is already registered")
+    FILE_MERGES[name] = FileMerge(name, run, summary, tuple(inputs))
+    return FILE_MERGES[name]

@@ -98,7 +98,7 @@ def tsne_figure(model_paths: Sequence[Path], data_dir: Path, out: Path, names: S
     `max_iter` (>= 250) trades t-SNE quality for time.
     `data["embeddings"]` holds one `Embedding` per model.
     """
-    from dgmerge.pipeline.scoring import load_model
+    from dgmerge.evaluation.saved_models import load_model
 
     check_writable(out, force)
     _tsne_class()  # fail before loading models and images if scikit-learn is missing

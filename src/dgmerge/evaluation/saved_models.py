@@ -1,11 +1,18 @@
-"""Reload a saved model and score it on the domains of a dataset (`dgmerge evaluate`)."""
+"""Reload a saved model and score it on the domains of a dataset (`dgmerge evaluate`).
+
+A file's metadata names its kind (`"kind"`, default "classifier": encoder + head). Other
+kinds register a loader with `register_model_kind` (the gating merge's "gated_classifier"
+does, in dgmerge.gating.files), so this module never needs to know them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 from dgmerge.config import BackboneConfig
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.files import read_meta, read_state_dict
@@ -15,20 +22,35 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead, ZeroShotHead
 
 
-def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[str, Any], Any]:
-    """Rebuild a Classifier from a safetensors file written by dgmerge.
+# (file, its metadata) -> (model in eval mode, its eval transform)
+ModelLoader = Callable[[Path, dict[str, Any]], tuple[torch.nn.Module, Any]]
+MODEL_KINDS: dict[str, ModelLoader] = {}
+
+
+def register_model_kind(kind: str, loader: ModelLoader) -> ModelLoader:
+    """Let `load_model` rebuild files whose metadata says `"kind": kind` with `loader`."""
+    MODEL_KINDS[kind] = loader
+    return loader
+
+
+def load_model(path: Path, like: Path | None = None) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """Rebuild a model from a safetensors file written by dgmerge.
 
     The architecture comes from the file's metadata (or from `like`'s, for a bare merged
     state dict); the weights come from the file itself, so no hub or θ0 file is needed.
-    A gating merge (`dgmerge merge --method gating`) comes back as a GatedClassifier.
     Returns (model, metadata, eval transform).
     """
     meta = read_meta(like or path)
-    if meta.get("method") == "gating":
-        from dgmerge.gating.files import load_gated
+    kind = meta.get("kind", "classifier")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"{path}: a model of kind {kind!r}, which nothing registered here can load "
+                         f"(known: {', '.join(sorted(MODEL_KINDS))})")
+    model, transform = MODEL_KINDS[kind](Path(path), meta)
+    return model, meta, transform
 
-        gated, transform = load_gated(Path(path), meta)
-        return gated, meta, transform  # type: ignore[return-value]
+
+def _load_classifier(path: Path, meta: dict[str, Any]) -> tuple[Classifier, Any]:
+    """An encoder + head classifier, the kind `dgmerge run` saves."""
     state = read_state_dict(path)
     cfg = BackboneConfig.model_validate(meta["backbone"])
     # Weights are all in `state`: build the bare architecture, never download.
@@ -46,8 +68,25 @@ def load_model(path: Path, like: Path | None = None) -> tuple[Classifier, dict[s
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the {cfg.kind}:{cfg.name} architecture of its metadata: "
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    transform = backbone.preprocessing()
-    return model.eval(), meta, transform
+    return model.eval(), backbone.preprocessing()
+
+
+register_model_kind("classifier", _load_classifier)
+
+
+class Relabelled(Dataset):
+    """`data` with labels mapped by `mapping` (dataset class index -> model output index)."""
+
+    def __init__(self, data: Dataset, mapping: Sequence[int]):
+        self.data = data
+        self.mapping = list(mapping)
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, idx: int) -> tuple[Any, int]:
+        x, y = self.data[idx]
+        return x, self.mapping[int(y)]
 
 
 def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, like: Path | None = None,
@@ -56,8 +95,9 @@ def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, li
     model, meta, transform = load_model(Path(path), like)
     index = scan_domains(Path(data_dir))
     relabel = None
-    if meta.get("method") == "gating" and set(index.classes) <= set(meta["classes"]):
-        # A gated model predicts in the union of its tasks' label spaces: map labels by class name.
+    if list(index.classes) != list(meta["classes"]) and set(index.classes) <= set(meta["classes"]):
+        # The model predicts in a wider label space (a gated model: the union of its tasks'):
+        # map the dataset's labels into it by class name.
         relabel = [list(meta["classes"]).index(c) for c in index.classes]
     elif list(index.classes) != list(meta["classes"]):
         raise ValueError(f"{data_dir} has classes {list(index.classes)} but {path} was trained on "
@@ -69,10 +109,8 @@ def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, li
     scores = {}
     for domain in chosen:
         samples = index.samples[domain][:max_images] if max_images else index.samples[domain]
-        data = ImageDataset(samples, transform)
+        data: Dataset = ImageDataset(samples, transform)
         if relabel is not None:
-            from dgmerge.gating.files import Relabelled
-
             data = Relabelled(data, relabel)
         scores[domain] = (len(samples), accuracy(model, data, batch_size, desc=f"score {domain}"))
     return scores
