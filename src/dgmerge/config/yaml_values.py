@@ -23,8 +23,9 @@ import collections.abc
 import math
 import re
 import types
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import Annotated, Any, Callable, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -37,7 +38,7 @@ class PlainScalar(str):
 
     resolved: Any
 
-    def __new__(cls, text: str, resolved: Any) -> PlainScalar:
+    def __new__(cls, text: str, resolved: Any) -> Self:
         scalar = super().__new__(cls, text)
         scalar.resolved = resolved
         return scalar
@@ -69,7 +70,7 @@ for _name in ("null", "bool", "int", "float", "str", "timestamp"):
 
 def load_yaml(text: str) -> Any:
     """Parse YAML `text` like yaml.safe_load, but with every plain scalar a PlainScalar."""
-    return yaml.load(text, Loader=TextKeepingLoader)  # noqa: S506  (a SafeLoader subclass)
+    return yaml.load(text, Loader=TextKeepingLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 # --- YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution)
@@ -90,10 +91,8 @@ def core_value(text: str) -> Any:
         return _CORE_BOOLS[text]
     if _CORE_INT.fullmatch(text):
         return int(text)
-    if _CORE_OCT.fullmatch(text):
-        return int(text[2:], 8)
-    if _CORE_HEX.fullmatch(text):
-        return int(text[2:], 16)
+    if _CORE_OCT.fullmatch(text) or _CORE_HEX.fullmatch(text):
+        return int(text, 0)  # the 0o / 0x prefix sets the base
     if _CORE_FLOAT.fullmatch(text):
         return float(text)
     if match := _CORE_INF.fullmatch(text):

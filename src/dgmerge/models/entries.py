@@ -9,10 +9,11 @@ loader applies the entry's settings wherever the config leaves them unset.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 # The TF-converted ImageNet MobileNetV2 of the project's shared/ folder.
 SHARED_MOBILENETV2 = "weights/mobilenetv2_100_imagenet_tflite.safetensors"
@@ -90,6 +91,6 @@ TFLITE_MOBILENETV2 = register_pretrained(PretrainedEntry(
 
 
 __all__ = [
-    "PRETRAINED", "PretrainedEntry", "SHARED_MOBILENETV2", "TFLITE_MOBILENETV2", "find_pretrained",
+    "PRETRAINED", "SHARED_MOBILENETV2", "TFLITE_MOBILENETV2", "PretrainedEntry", "find_pretrained",
     "pretrained_tags", "register_pretrained", "shared_dir",
 ]
