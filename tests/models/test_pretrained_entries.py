@@ -99,3 +99,18 @@ def test_the_entry_loads_the_real_weights_bit_identically_to_the_explicit_recipe
     # The check can fail: without the recipe's padding the same weights give other features.
     plain = load_backbone(BackboneConfig(kind="timm", name="mobilenetv2_100", checkpoint=shared_weights))
     assert not torch.allclose(plain.encode(images), expected)
+
+
+def test_a_saved_model_rebuilds_with_its_entrys_recipe_and_no_weights_download(tmp_path, shared_root):
+    """architecture_only keeps what the weights need (padding, normalisation) and drops the weights."""
+    from dgmerge.config import BackboneConfig, architecture_only
+
+    cfg = BackboneConfig(kind="timm", name="mobilenetv2_100", pretrained="tflite_in1k",
+                         checkpoint=tmp_path / "nowhere.safetensors")
+    arch = architecture_only(cfg)
+    assert arch.checkpoint is None and arch.pretrained is None
+    assert arch.model_kwargs == {"pad_type": "same"} and arch.mean == (0.5, 0.5, 0.5) and arch.image_size == 224
+    # Explicit settings of the config win over the entry's.
+    assert architecture_only(cfg.model_copy(update={"image_size": 192})).image_size == 192
+    plain = BackboneConfig(kind="timm", name="mobilenetv2_100")
+    assert architecture_only(plain).model_kwargs == {} and architecture_only(plain).mean is None

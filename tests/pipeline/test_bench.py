@@ -28,7 +28,7 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     cfg = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out"))
     assert cfg.seeds == [0, 1, 2] and cfg.train.feature_cache == "disk"
     assert cfg.train.feature_cache_dir == tmp_path / "out" / "feature_cache"
-    assert {f"merge:{m.name}" for m in cfg.merges} | {"zero_shot", "erm", "single_source_mean", "ham"} == set(MAIN_ROWS)
+    assert {f"merge:{m.name}" for m in cfg.merges} | {"linear_probe", "erm", "single_source_mean", "ham"} == set(MAIN_ROWS)
     assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham"}
     # The main part reuses HAM's training; the ablation part trains only what needs training.
     assert cfg.ham_variant_runs == "reuse" and "erm" in cfg.methods

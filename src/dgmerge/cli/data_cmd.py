@@ -7,13 +7,9 @@ from typing import List, Optional
 
 import typer
 
+from dgmerge.cli.common import fail
+
 DATA_HELP = "Inspect and download DomainBed-layout datasets."
-
-
-def _fail(message: str, code: int = 2) -> None:
-    """One-line error on stderr; exit code 2 for bad input, as the other commands do."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=code)
 
 
 def _print_report(report, console) -> None:  # noqa: ANN001 (rich/report types imported lazily)
@@ -73,7 +69,7 @@ def register(app: typer.Typer) -> None:
                 report = check_dataset(dataset_dir, deep=deep, workers=workers, domains=domains,
                                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
         except DataError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         _print_report(report, console)
         if not report.ok:
             raise typer.Exit(code=1)
@@ -91,7 +87,7 @@ def register(app: typer.Typer) -> None:
         try:
             path = download_dataset(name, root, force=force, log=typer.echo)
         except (DataError, FileExistsError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
-            _fail(f"download of {name} failed: {exc} (nothing was written under {root}/; safe to retry)", code=1)
+            fail(f"download of {name} failed: {exc} (nothing was written under {root}/; safe to retry)", code=1)
         typer.echo(f"next: dgmerge data check {path}")

@@ -13,8 +13,9 @@ def figures(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN_DIR/figures)."),
     tsne: bool = typer.Option(True, "--tsne/--no-tsne", help="t-SNE grids of saved models (needs scikit-learn)."),
     max_images: int = typer.Option(100, "--max-images", min=3, help="t-SNE: images per domain."),
-    tsne_models: List[str] = typer.Option(["zero_shot", "ham"], "--tsne-model",
-                                          help="t-SNE: saved model names to compare (repeat; default zero_shot, ham)."),
+    tsne_models: Optional[List[str]] = typer.Option(None, "--tsne-model",
+                                                    help="t-SNE: saved model names to compare (repeat; default "
+                                                    "θ0 under its head -- linear_probe or zero_shot -- and ham)."),
     data: Optional[Path] = typer.Option(None, "--data", help="t-SNE: dataset folder (default RUN_DIR/data/<dataset>)."),
     smooth: int = typer.Option(10, "--smooth", min=1, help="Running-mean window (steps) for the curves."),
     force: bool = typer.Option(False, "--force", help="Overwrite figures and report.md that already exist."),

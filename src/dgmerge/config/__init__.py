@@ -9,7 +9,7 @@ validation) and sweep (the sweep section). Layering: this package may import dgm
 dgmerge.merging and dgmerge.data, never training, evaluation, pipeline or cli code.
 """
 
-from dgmerge.config.backbone import BackboneConfig, shared_mobilenetv2_config
+from dgmerge.config.backbone import BackboneConfig, architecture_only, shared_mobilenetv2_config
 from dgmerge.config.base import ConfigError, StrictModel
 from dgmerge.config.experiment import (MERGES_NEEDING_DATA, TRAINABLE_PATTERN, DataConfig, ExperimentConfig, HamVariant,
                                        MergeSpec, ProbeConfig, TrainConfig)
@@ -20,7 +20,7 @@ from dgmerge.config.sweep import HAM_SPACE, SweepSpec, load_sweep
 from dgmerge.config.yaml_values import PlainScalar
 
 __all__ = [
-    "HAM_SPACE", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
+    "HAM_SPACE", "architecture_only", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
     "ConfigError", "DataConfig", "ExperimentConfig", "HamConfig", "HamVariant", "MergeSpec", "PlainScalar",
     "ProbeConfig", "StrictModel", "SweepSpec", "TrainConfig", "can_reuse", "load_config", "load_sweep",
     "parse_overrides", "read_yaml_mapping", "resolve_config_path", "set_dotted", "shared_mobilenetv2_config",

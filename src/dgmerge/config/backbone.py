@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from dgmerge.config.base import StrictModel
 from dgmerge.models import LOADERS
-from dgmerge.models.entries import TFLITE_MOBILENETV2, shared_dir
+from dgmerge.models.entries import TFLITE_MOBILENETV2, find_pretrained, shared_dir
 
 
 class BackboneConfig(StrictModel):
@@ -53,6 +53,21 @@ class BackboneConfig(StrictModel):
             if "{}" not in template:
                 raise ValueError(f"prompt template {template!r} has no '{{}}' slot for the class name")
         return value
+
+
+def architecture_only(cfg: BackboneConfig) -> BackboneConfig:
+    """`cfg` without its weights (no checkpoint, no pretrained download), keeping what the weights need.
+
+    Rebuilding a saved model takes every weight from its file; a pretrained entry's settings
+    (e.g. the TF MobileNetV2's "same" padding and [-1, 1] inputs) still shape the network and
+    its preprocessing, so they are written into the config before the entry is dropped.
+    """
+    update: dict[str, Any] = {"checkpoint": None, "pretrained": None}
+    entry = find_pretrained(cfg.name, cfg.pretrained) if cfg.kind == "timm" else None
+    if entry is not None:
+        update.update(model_kwargs={**entry.model_kwargs, **cfg.model_kwargs}, mean=cfg.mean or entry.mean,
+                      std=cfg.std or entry.std, image_size=cfg.image_size or entry.image_size)
+    return cfg.model_copy(update=update)
 
 
 def shared_mobilenetv2_config(path: str | os.PathLike[str] | None = None) -> BackboneConfig:

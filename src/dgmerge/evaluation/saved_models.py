@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from dgmerge.config import BackboneConfig
+from dgmerge.config import BackboneConfig, architecture_only
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.files import read_meta, read_state_dict
 from dgmerge.models.accuracy import accuracy
@@ -54,7 +54,7 @@ def _load_classifier(path: Path, meta: dict[str, Any]) -> tuple[Classifier, Any]
     state = read_state_dict(path)
     cfg = BackboneConfig.model_validate(meta["backbone"])
     # Weights are all in `state`: build the bare architecture, never download.
-    arch = cfg.model_copy(update={"checkpoint": None, "pretrained": None})
+    arch = architecture_only(cfg)
     backbone = load_backbone(arch)
     if meta.get("head") == "ZeroShotHead":
         head: torch.nn.Module = ZeroShotHead(torch.zeros_like(state["head.class_embeddings"]))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from dgmerge.config import BackboneConfig
+from dgmerge.config import BackboneConfig, architecture_only
 from dgmerge.files import META_KEY, ModelFileError, read_meta, read_state_dict, save_model, save_state_dict
 from dgmerge.gating.gate import Gate
 from dgmerge.models import load_backbone
@@ -29,7 +29,7 @@ def load_gate(path: Path) -> tuple[Gate, dict[str, Any]]:
     if meta.get("kind") != "gate":
         raise ValueError(f"{path} is not a gate file (its metadata kind is {meta.get('kind')!r}); pass the "
                          "gate.safetensors a gating benchmark wrote")
-    cfg = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"checkpoint": None, "pretrained": None})
+    cfg = architecture_only(BackboneConfig.model_validate(meta["backbone"]))
     backbone = load_backbone(cfg)
     cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
     gate = Gate(backbone.encoder, int(meta["feature_dim"]), len(meta["tasks"]), cut)

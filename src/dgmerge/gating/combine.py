@@ -16,7 +16,6 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from dgmerge.gating.gated_model import GatedClassifier, install_mixtures

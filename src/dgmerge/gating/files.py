@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dgmerge.config import BackboneConfig
+from dgmerge.config import BackboneConfig, architecture_only
 from dgmerge.evaluation.saved_models import load_model, register_model_kind
 from dgmerge.files import read_state_dict, save_model
 from dgmerge.gating.artifacts import load_gate, load_grams
@@ -92,8 +92,7 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
         raise MergeError("gating with base=regmean needs one --grams file per model (grams_<task>.safetensors)")
     merged = base_merge(settings["base"], base_state, states, keys, grams=gram_dicts, scale=settings["scale"],
                         alpha=settings["alpha"])
-    backbone = load_backbone(BackboneConfig.model_validate(meta0["backbone"]).model_copy(
-        update={"checkpoint": None, "pretrained": None}))
+    backbone = load_backbone(architecture_only(BackboneConfig.model_validate(meta0["backbone"])))
     trained = [k.removeprefix("encoder.") for k in keys]
     candidates = candidate_modules(theta0.encoder, backbone.blocks, backbone.tail, trained)
     similarities = candidate_similarities(states, candidates)
@@ -113,7 +112,7 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
 
 def load_gated(path: Path, meta: dict[str, Any]) -> tuple[GatedClassifier, Any]:
     """Rebuild a file written by merge_gating_files (architecture from metadata, weights from the file)."""
-    cfg = BackboneConfig.model_validate(meta["backbone"]).model_copy(update={"checkpoint": None, "pretrained": None})
+    cfg = architecture_only(BackboneConfig.model_validate(meta["backbone"]))
     backbone = load_backbone(cfg)
     tasks = meta["tasks"]
     encoder = backbone.encoder

@@ -13,7 +13,8 @@ from torch import nn
 from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.factory import register_loader
 from dgmerge.models.heads import ZeroShotHead, average_prompt_embeddings
-from dgmerge.models.io import StateDict, load_state_file, load_strict
+from dgmerge.files import StateDict, read_state_dict
+from dgmerge.models.fit_weights import load_strict
 from dgmerge.models.structure import find_blocks, find_tail
 
 # Parts of open_clip's VisionTransformer after its residual blocks, in forward order. proj is
@@ -40,7 +41,7 @@ def load_open_clip(cfg: BackboneSpec) -> Backbone:
     if checkpoint is not None:
         with _quiet_random_init_warning():
             model = open_clip.create_model(cfg.name, pretrained=None, **kwargs)
-        load_strict(model, adapt_state_dict(model, load_state_file(checkpoint)), source=str(checkpoint))
+        load_strict(model, adapt_state_dict(model, read_state_dict(checkpoint)), source=str(checkpoint))
     else:
         model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
     model.eval()

@@ -9,7 +9,8 @@ from torch import nn
 from dgmerge.models.backbone import Backbone, BackboneSpec
 from dgmerge.models.entries import find_pretrained, pretrained_tags
 from dgmerge.models.factory import register_loader
-from dgmerge.models.io import StateDict, load_state_file, load_strict
+from dgmerge.files import StateDict, read_state_dict
+from dgmerge.models.fit_weights import load_strict
 from dgmerge.models.structure import find_blocks, find_tail, resize_crop_normalize
 
 # Classifier prefixes of common timm families; the encoder is built with num_classes=0, so
@@ -44,7 +45,7 @@ def load_timm(cfg: BackboneSpec) -> Backbone:
     model_kwargs = {**(entry.model_kwargs if entry else {}), **cfg.model_kwargs}
     model = timm.create_model(cfg.name, pretrained=use_hub, num_classes=0, **model_kwargs)
     if checkpoint is not None:
-        state = drop_classifier_keys(load_state_file(checkpoint), model)
+        state = drop_classifier_keys(read_state_dict(checkpoint), model)
         load_strict(model, state, source=str(checkpoint))
     model.eval()
 

@@ -39,7 +39,6 @@ SHARED_WEIGHTS = Path("../shared/weights/mobilenetv2_100_imagenet_tflite.safeten
 # Main table rows, in the HAM paper's order: method in results.jsonl -> row label.
 MAIN_ROWS = {
     "linear_probe": "Frozen linear probe",
-    "zero_shot": "Frozen linear probe",  # results written before the row was named after its head
     "erm": "ERM",
     "single_source_mean": "Single-source models (mean)",
     "merge:average": "Avg",

@@ -71,13 +71,15 @@ def _cells(root: Path) -> list[tuple[str, str, Path]]:
 
 
 def write_run_figures(run_dir: Path, out_dir: Path | None = None, *, tsne: bool = True, max_images: int = 100,
-                      tsne_models: Sequence[str] = ("zero_shot", "ham"), data_dir: Path | None = None,
+                      tsne_models: Sequence[str] | None = None, data_dir: Path | None = None,
                       smooth: int = 10, force: bool = False, log: Log = print) -> FiguresReport:
     """Write loss curves, HAM diagnostics, sensitivity plots, t-SNE grids and report.md for a run.
 
     `out_dir` defaults to run_dir/figures. Existing files are kept (noted) unless `force`.
     `data_dir` is the dataset folder for t-SNE images; default run_dir/data/<dataset> (the demo
-    layout). Returns the files written and the notes about what was skipped.
+    layout). `tsne_models` are saved model names to compare; by default θ0 under its frozen head
+    (linear_probe, or zero_shot under a CLIP text head) and ham. Returns the files written and
+    the notes about what was skipped.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -114,7 +116,8 @@ def write_run_figures(run_dir: Path, out_dir: Path | None = None, *, tsne: bool 
         _sensitivities(rows, out_dir, force, report, attempt)
     if tsne:
         for seed, domain, cell in _cells(run_dir / "models"):
-            paths = [cell / f"{_slug(m)}.safetensors" for m in tsne_models]
+            names = list(tsne_models or [_theta0_name(cell), "ham"])
+            paths = [cell / f"{_slug(m)}.safetensors" for m in names]
             missing = [p.name for p in paths if not p.is_file()]
             if missing:
                 report.notes.append(f"skipped t-SNE seed {seed} {domain}: no {', '.join(missing)} in {cell}")
@@ -125,14 +128,19 @@ def write_run_figures(run_dir: Path, out_dir: Path | None = None, *, tsne: bool 
                                     "pass --data")
                 continue
             out = out_dir / f"tsne_seed{seed}_{_slug(domain)}.png"
-            log(f"t-SNE seed {seed} · test domain {domain} ({', '.join(tsne_models)})")
-            attempt(str(out), lambda p=paths, o=out, d=domain, dd=data, s=seed: _tsne(p, dd, o, tsne_models, d,
-                                                                                       max_images, s, force))
+            log(f"t-SNE seed {seed} · test domain {domain} ({', '.join(names)})")
+            attempt(str(out), lambda p=paths, o=out, d=domain, dd=data, s=seed, n=names: _tsne(p, dd, o, n, d,
+                                                                                                max_images, s, force))
         if not _cells(run_dir / "models"):
             report.notes.append(f"skipped t-SNE: no saved models under {run_dir / 'models'}")
     if rows:
         attempt(str(out_dir / "report.md"), lambda: _write_report(rows, out_dir, report.written, force))
     return report
+
+
+def _theta0_name(cell: Path) -> str:
+    """The saved θ0 of a cell: linear_probe (a fitted probe head), else zero_shot (a CLIP text head)."""
+    return "zero_shot" if (cell / "zero_shot.safetensors").is_file() else "linear_probe"
 
 
 def _rows(run_dir: Path, report: FiguresReport) -> list[dict[str, Any]]:
