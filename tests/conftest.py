@@ -67,3 +67,13 @@ def tiny_hf_clip(tmp_path_factory: pytest.TempPathFactory):
     model = CLIPModel(config).eval()
     model.save_pretrained(directory)
     return directory, model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated DomainBed-layout dataset root: Shapes with domains solid, outline, noisy (6 images per class)."""
+    from dgmerge.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
+    return root

@@ -14,18 +14,11 @@ from dgmerge.config import (
     TrainConfig,
 )
 from dgmerge.config.gating import GatingConfig
-from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.pipeline.experiment import run_experiment
 from dgmerge.reports.gating_table import render_gating_dg
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
-    return root
 
 
 def config(root: Path, out: Path, methods: list[str]) -> ExperimentConfig:
@@ -39,7 +32,7 @@ def config(root: Path, out: Path, methods: list[str]) -> ExperimentConfig:
         gating=GatingConfig(ms=[0, 1], gate_steps=2, gate_batch=4, gram_batches=1))
 
 
-def test_gating_rows_reuse_the_cells_source_models_and_resume(tiny_data, tmp_path, monkeypatch):
+def test_gating_rows_reuse_the_cells_source_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
     trained: list[str] = []
     real = cell_module.fine_tune
 
@@ -48,7 +41,7 @@ def test_gating_rows_reuse_the_cells_source_models_and_resume(tiny_data, tmp_pat
         return real(model, train_sets, *args, **kwargs)
 
     monkeypatch.setattr(cell_module, "fine_tune", spy)
-    cfg = config(tiny_data, tmp_path / "run", ["single_source", "merge", "gating"])
+    cfg = config(tiny_shapes, tmp_path / "run", ["single_source", "merge", "gating"])
     rows = run_experiment(cfg, log=lambda _: None)
     # One model per source, trained once and shared by single_source, merge and gating.
     assert sorted(trained) == ["noisy", "solid"]
@@ -78,11 +71,13 @@ def test_gating_rows_reuse_the_cells_source_models_and_resume(tiny_data, tmp_pat
     assert run_experiment(cfg, log=lambda _: None) == [] and trained == []
 
 
-def test_gating_without_a_feature_cache_says_what_to_set(tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path / "run", ["gating"])
+def test_gating_without_a_feature_cache_says_what_to_set(tiny_shapes, tmp_path):
+    cfg = config(tiny_shapes, tmp_path / "run", ["gating"])
     cfg.train.feature_cache = "off"
+    cfg.methods = ["erm", "gating"]
     with pytest.raises(ValueError, match="feature_cache"):
         run_experiment(cfg, log=lambda _: None)
+    assert not (tmp_path / "run").exists()  # refused before any method ran
 
 
 def test_shipped_gating_configs_load():

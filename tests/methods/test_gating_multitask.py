@@ -15,17 +15,10 @@ from dgmerge.config import (
 )
 from dgmerge.config.gating import GatingConfig
 from dgmerge.config.tasks import TasksConfig
-from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.experiment import run_experiment
 from dgmerge.reports.gating_multitask_table import render_gating_multitask
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
-    return root
 
 
 def config(root: Path, out: Path, methods: list[str], combos: list[list[str]]) -> ExperimentConfig:
@@ -40,9 +33,9 @@ def config(root: Path, out: Path, methods: list[str], combos: list[list[str]]) -
         gating=GatingConfig(ms=[1], gate_steps=2, gate_batch=4, gram_batches=1))
 
 
-def test_task_cells_have_their_own_label_spaces_and_heads(tiny_data, tmp_path):
+def test_task_cells_have_their_own_label_spaces_and_heads(tiny_shapes, tmp_path):
     pytest.importorskip("sklearn")
-    cfg = config(tiny_data, tmp_path / "run", ["single_source", "gating"], [["solid", "digits"],
+    cfg = config(tiny_shapes, tmp_path / "run", ["single_source", "gating"], [["solid", "digits"],
                                                                             ["outline", "solid", "digits"]])
     rows = run_experiment(cfg, log=lambda _: None)
     assert {r["test_domain"] for r in rows} == {"solid+digits", "outline+solid+digits"}
@@ -67,10 +60,10 @@ def test_task_cells_have_their_own_label_spaces_and_heads(tiny_data, tmp_path):
     assert run_experiment(cfg, log=lambda _: None) == []
 
 
-def test_methods_that_need_one_label_space_are_refused_on_tasks(tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path / "run", ["erm", "gating"], [["solid", "outline"]])
+def test_methods_that_need_one_label_space_are_refused_on_tasks(tiny_shapes, tmp_path):
+    cfg = config(tiny_shapes, tmp_path / "run", ["erm", "gating"], [["solid", "outline"]])
     with pytest.raises(ValueError, match=r"\['erm'\] need one label space"):
         run_experiment(cfg, log=lambda _: None)
-    cfg = config(tiny_data, tmp_path / "run", ["gating"], [["solid", "sketchy"]])
+    cfg = config(tiny_shapes, tmp_path / "run", ["gating"], [["solid", "sketchy"]])
     with pytest.raises(ValueError, match="sketchy"):
         run_experiment(cfg, log=lambda _: None)

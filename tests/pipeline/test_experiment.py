@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
-from dgmerge.data.synthetic import generate_synthetic
 from typer.testing import CliRunner
 
 from dgmerge.cli.main import app
@@ -15,12 +14,6 @@ from dgmerge.methods import build as cell_build
 from dgmerge.pipeline import experiment
 from dgmerge.evaluation.saved_models import score_model
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
-    return root
 
 
 def config(root: Path, out: Path, **kw) -> ExperimentConfig:
@@ -32,7 +25,7 @@ def config(root: Path, out: Path, **kw) -> ExperimentConfig:
         train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64), **kw)
 
 
-def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
+def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
     seen_paths: list[str] = []
     real_fine_tune = cell_module.fine_tune
     real_features = cell_build.extract_features
@@ -49,7 +42,7 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cell_module, "fine_tune", spy_fine_tune)
     monkeypatch.setattr(cell_build, "extract_features", spy_features)
-    cfg = config(tiny_data, tmp_path / "run")
+    cfg = config(tiny_shapes, tmp_path / "run")
     cfg.merges = [MergeSpec(method="average"), MergeSpec(method="rhm", hparams={"trim": 0.2}),
                   MergeSpec(method="ties", hparams={"keep": 0.5}, label="ties-k0.5")]
     rows = experiment.run_experiment(cfg, log=lambda _: None)
@@ -71,7 +64,7 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
 
     # A saved model reloads from its own metadata and scores as it did in the run.
     scores = score_model(tmp_path / "run" / "models" / "seed0" / "outline" / "erm.safetensors",
-                         tiny_data / "Shapes", ["outline"])
+                         tiny_shapes / "Shapes", ["outline"])
     erm_row = next(r for r in rows if r["method"] == "erm")
     assert scores["outline"][1] == pytest.approx(erm_row["test_acc"])
 
@@ -82,7 +75,7 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "merged.safetensors"), "--models",
                                       str(cell_dir / "source_noisy.safetensors"), str(cell_dir / "source_solid.safetensors")])
     assert result.exit_code == 0, result.output
-    merged_scores = score_model(tmp_path / "merged.safetensors", tiny_data / "Shapes", ["outline"],
+    merged_scores = score_model(tmp_path / "merged.safetensors", tiny_shapes / "Shapes", ["outline"],
                                 like=cell_dir / "linear_probe.safetensors")
     average_row = next(r for r in rows if r["method"] == "merge:average")
     assert merged_scores["outline"][1] == pytest.approx(average_row["test_acc"])
@@ -92,16 +85,16 @@ def test_all_methods_rows_models_and_resume(tiny_data, tmp_path, monkeypatch):
     assert len(read_results(tmp_path / "run" / "results.jsonl")) == len(rows)
 
 
-def test_unknown_test_domain_is_named(tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path / "run")
+def test_unknown_test_domain_is_named(tiny_shapes, tmp_path):
+    cfg = config(tiny_shapes, tmp_path / "run")
     cfg.data.test_domains = ["watercolor"]
     with pytest.raises(ValueError, match="watercolor"):
         experiment.run_experiment(cfg, log=lambda _: None)
 
 
-def test_merge_of_identical_sources_is_that_model(tiny_data, tmp_path):
+def test_merge_of_identical_sources_is_that_model(tiny_shapes, tmp_path):
     # Merging needs a shared θ0: with lr≈0 every source model stays θ0 and so must the merge.
-    cfg = config(tiny_data, tmp_path / "run", methods=["zero_shot", "merge"], save_models=False,
+    cfg = config(tiny_shapes, tmp_path / "run", methods=["zero_shot", "merge"], save_models=False,
                  merges=[MergeSpec(method="average"), MergeSpec(method="ties"), MergeSpec(method="rhm")])
     cfg.train.lr = 1e-12
     rows = experiment.run_experiment(cfg, log=lambda _: None)
@@ -123,8 +116,8 @@ def test_merges_are_validated_in_the_config():
         ExperimentConfig(merges=[MergeSpec(method="ties"), MergeSpec(method="ties")])
 
 
-def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path / "run", methods=["ham"])
+def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_shapes, tmp_path):
+    cfg = config(tiny_shapes, tmp_path / "run", methods=["ham"])
     cfg.ham.merge_hparams = {"trim": 0.2}
     (row,) = experiment.run_experiment(cfg, log=lambda _: None)
     assert row["method"] == "ham" and row["hparams"]["ham"]["merge_method"] == "rhm"
@@ -135,14 +128,14 @@ def test_ham_runs_in_the_same_harness_and_logs_its_modules(tiny_data, tmp_path):
     assert len(log) == 1 + cfg.train.steps
 
 
-def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
+def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_shapes, tmp_path, monkeypatch):
     from dgmerge.training.checkpoint import Checkpointer
 
     class Killed(Exception):
         pass
 
     def run(out, kill):
-        cfg = config(tiny_data, out, methods=["erm"])
+        cfg = config(tiny_shapes, out, methods=["erm"])
         cfg.train.steps, cfg.train.checkpoint_every = 4, 2
         original = Checkpointer.save
 
@@ -164,7 +157,7 @@ def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_data, tmp_path,
     assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt"))
 
 
-def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_data, tmp_path, monkeypatch):
+def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_shapes, tmp_path, monkeypatch):
     from dgmerge.config import HamVariant
 
     trained: list[dict] = []
@@ -179,7 +172,7 @@ def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_dat
                 HamVariant(label="best", set={"historical": "none"}),
                 HamVariant(label="no-sae", set={"sae": False}),
                 HamVariant(label="same", set={})]
-    cfg = config(tiny_data, tmp_path / "run", methods=["ham", "ham_variants"], ham_variants=variants)
+    cfg = config(tiny_shapes, tmp_path / "run", methods=["ham", "ham_variants"], ham_variants=variants)
     rows = {r["method"]: r for r in experiment.run_experiment(cfg, log=lambda _: None)}
     assert list(rows) == ["ham", "ham:ties", "ham:best", "ham:no-sae", "ham:same"]
     # One HAM training serves ham, ties, best and same; only no-sae trains again.
@@ -198,11 +191,11 @@ def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_dat
         ExperimentConfig(ham_variants=[HamVariant(label="bad", set={"opa_weight": -1})])
 
 
-def test_ham_variant_runs_split_free_and_training_variants(tiny_data, tmp_path):
+def test_ham_variant_runs_split_free_and_training_variants(tiny_shapes, tmp_path):
     from dgmerge.config import HamVariant
 
     variants = [HamVariant(label="best", set={"historical": "none"}), HamVariant(label="no-opa", set={"opa": False})]
-    cfg = config(tiny_data, tmp_path / "run", methods=["ham_variants"], ham_variants=variants,
+    cfg = config(tiny_shapes, tmp_path / "run", methods=["ham_variants"], ham_variants=variants,
                  ham_variant_runs="reuse")
     assert [r["method"] for r in experiment.run_experiment(cfg, log=lambda _: None)] == ["ham:best"]
     cfg.ham_variant_runs = "train"

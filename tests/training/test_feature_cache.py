@@ -13,18 +13,11 @@ from dgmerge.config import (
     ProbeConfig,
     TrainConfig,
 )
-from dgmerge.data.synthetic import generate_synthetic
 from dgmerge.evaluation.results import read_results
 from dgmerge.models import load_backbone
 from dgmerge.pipeline import experiment
 from dgmerge.evaluation.saved_models import score_model
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
-    return root
 
 
 def config(root: Path, out: Path, cache: str) -> ExperimentConfig:
@@ -37,9 +30,9 @@ def config(root: Path, out: Path, cache: str) -> ExperimentConfig:
                           feature_cache=cache))
 
 
-def test_cached_run_equals_uncached_run(tiny_data, tmp_path):
-    plain = experiment.run_experiment(config(tiny_data, tmp_path / "plain", "off"), log=lambda _: None)
-    cached = experiment.run_experiment(config(tiny_data, tmp_path / "cached", "disk"), log=lambda _: None)
+def test_cached_run_equals_uncached_run(tiny_shapes, tmp_path):
+    plain = experiment.run_experiment(config(tiny_shapes, tmp_path / "plain", "off"), log=lambda _: None)
+    cached = experiment.run_experiment(config(tiny_shapes, tmp_path / "cached", "disk"), log=lambda _: None)
     assert [r["method"] for r in plain] == [r["method"] for r in cached]
     for a, b in zip(plain, cached):
         assert a["test_acc"] == pytest.approx(b["test_acc"]) and a["val_acc"] == pytest.approx(b["val_acc"])
@@ -52,13 +45,13 @@ def test_cached_run_equals_uncached_run(tiny_data, tmp_path):
     # One file per domain (2 sources + the test domain), shared by every split and seed.
     assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 3
     # Another seed splits differently but reads the same per-domain files.
-    again = config(tiny_data, tmp_path / "cached", "disk")
+    again = config(tiny_shapes, tmp_path / "cached", "disk")
     again.seeds = [1]
     experiment.run_experiment(again, log=lambda _: None)
     assert len(list((tmp_path / "cached" / "feature_cache").glob("*.safetensors"))) == 3
     # A model trained on the cache is a normal model: it scores images as its row says.
     scores = score_model(tmp_path / "cached" / "models" / "seed0" / "noisy" / "erm.safetensors",
-                         tiny_data / "Shapes", ["noisy"])
+                         tiny_shapes / "Shapes", ["noisy"])
     erm = next(r for r in read_results(tmp_path / "cached" / "results.jsonl") if r["method"] == "erm")
     assert scores["noisy"][1] == pytest.approx(erm["test_acc"])
 

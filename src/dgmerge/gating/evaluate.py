@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +56,6 @@ def variants(ms: Sequence[int], gating_bases: Sequence[str] = ("average", "regme
 class Setting:
     """θ0's backbone, where its trainable suffix starts (cut) and its trainable encoder tensors."""
 
-    backbone_cfg: Any
     backbone: Backbone
     cut: Cut
     trainable: list[str]
@@ -75,6 +73,7 @@ class Pool:
     gate: Gate
     grams: list[StateDict] | None = None
     scale: float = 0.5  # Task Arithmetic λ
+    alpha: float = 0.9  # RegMean's off-diagonal Gram scale
 
     def similarities(self) -> dict[str, float]:
         """Eq. 4 weight similarity of every candidate block over the experts."""
@@ -88,7 +87,8 @@ class Pool:
     def build(self, variant: Variant, *, gate_norms: bool = True, mode: str = "sample") -> GatedClassifier:
         """The merged model of `variant`, reading activations at the cut."""
         keys = [f"encoder.{n}" for n in self.setting.trainable]
-        merged = base_merge(variant.base, self.theta0, self.experts, keys, grams=self.grams, scale=self.scale)
+        merged = base_merge(variant.base, self.theta0, self.experts, keys, grams=self.grams, scale=self.scale,
+                            alpha=self.alpha)
         gated: list[str] = []
         if variant.m is not None:
             enc = self.setting.backbone.encoder

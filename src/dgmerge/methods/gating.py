@@ -39,7 +39,13 @@ def _done(cfg: ExperimentConfig, seed: int, finished: set[str]) -> bool:
     return "gating" in finished
 
 
-@register_experiment("gating", order=60, done=_done, any_label_space=True,
+def _check(cfg: ExperimentConfig) -> None:
+    if cfg.train.feature_cache == "off":
+        raise ValueError("gating needs train.feature_cache: memory or disk (its experts, Grams and gate read "
+                         "activations at the first trainable block)")
+
+
+@register_experiment("gating", order=60, done=_done, check=_check, any_label_space=True,
                      summary="Ye et al.'s gating merge of the source models: the m least-similar blocks mixed "
                              "per input by a gate, the rest merged (rows gating:<base>[:m<m>])",
                      settings=("gating.ms", "gating.bases", "gating.gate_fraction", "gating.gate_steps",
@@ -48,9 +54,7 @@ def run(cell: Cell) -> list[Row]:
     """Train the gate, build every plain and gated merge, score each on the test set."""
     g = cell.cfg.gating
     cut = cell.theta0.cut
-    if cut is None:
-        raise ValueError("gating needs train.feature_cache (memory or disk): its experts and gate read "
-                         "activations at the first trainable block")
+    assert cut is not None, "checked by _check before any work"
     runs = cell.source_runs()
     trainable = trainable_encoder_names(cell.backbone.encoder, cell.backbone, cell.cfg.train.trainable)
     keys = [f"encoder.{n}" for n in trainable]
@@ -66,10 +70,10 @@ def run(cell: Cell) -> list[Row]:
     if cell.cfg.save_models:
         _save_inputs(cell, runs, grams, gate)
     _log_routing(cell, sources, probs)
-    setting = Setting(cell.cfg.backbone, cell.backbone, cut, trainable)
+    setting = Setting(cell.backbone, cut, trainable)
     heads = [cell.theta0_for(s).head for s in sources]
     pool = Pool(setting, cell.theta0.state_dict(), [r.model.state_dict() for r in runs], heads,
-                [cell.classes(s) for s in sources], gate, grams, scale=g.scale)
+                [cell.classes(s) for s in sources], gate, grams, scale=g.scale, alpha=g.alpha)
     similarities = pool.similarities()
     hparams = {"gating": g.model_dump(mode="json")}
     rows: list[Row] = []

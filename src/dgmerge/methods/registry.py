@@ -20,6 +20,8 @@ Row = dict[str, Any]
 RunFn = Callable[["Cell"], list[Row]]
 # (config, trial seed, method names already in results.jsonl for the cell) -> nothing left to do?
 DoneFn = Callable[["ExperimentConfig", int, set[str]], bool]
+# Raises ValueError naming the setting when a config cannot run the method (before any work).
+CheckFn = Callable[["ExperimentConfig"], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ExperimentMethod:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     # Whether the method runs on multi-task cells, whose sources have their own label spaces.
     any_label_space: bool = False
+    check: CheckFn | None = None
 
     def is_done(self, cfg: "ExperimentConfig", seed: int, finished: set[str]) -> bool:
         """Whether a cell with these finished rows/groups needs this method no more."""
@@ -52,15 +55,17 @@ EXPERIMENTS: dict[str, ExperimentMethod] = {}
 
 def register_experiment(name: str, *, summary: str, order: int, settings: tuple[str, ...] = (),
                         done: DoneFn | None = None, aliases: tuple[str, ...] = (),
-                        any_label_space: bool = False) -> Callable[[RunFn], RunFn]:
+                        any_label_space: bool = False, check: CheckFn | None = None) -> Callable[[RunFn], RunFn]:
     """Decorator adding `run(cell) -> rows` to EXPERIMENTS as `name` (and its aliases).
 
     any_label_space: the method also runs on multi-task cells (`tasks:`), where every source
     has its own label space and head; the others need one head shared by every source.
+    check: raises ValueError when a config cannot run the method, before any cell is built.
     """
 
     def add(run: RunFn) -> RunFn:
-        method = ExperimentMethod(name, run, summary, order, tuple(settings), done, tuple(aliases), any_label_space)
+        method = ExperimentMethod(name, run, summary, order, tuple(settings), done, tuple(aliases), any_label_space,
+                                  check)
         for key in (name, *aliases):
             if key in EXPERIMENTS and EXPERIMENTS[key].run is not run:
                 raise ValueError(f"experiment method {key!r} is already registered by {EXPERIMENTS[key].run}")

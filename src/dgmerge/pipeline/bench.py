@@ -24,7 +24,7 @@ from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig, resolve_config_path
 from dgmerge.evaluation.results import read_results
 from dgmerge.models.entries import find_pretrained
-from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment
+from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment, scope_overrides
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
@@ -109,12 +109,7 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
         overrides.update({"seeds": [0], "data.test_domains": ["photo"], "data.max_images_per_domain": 60,
                           "train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 0,
                           "probe.epochs": 10, "train.feature_cache": "memory"})
-    if opts.seeds:
-        overrides["seeds"] = list(opts.seeds)
-    if opts.test_domains:
-        overrides["data.test_domains"] = list(opts.test_domains)
-    if opts.steps:
-        overrides["train.steps"] = opts.steps
+    overrides.update(scope_overrides(opts.seeds, opts.test_domains, opts.steps))
     part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
     methods = {"main": ["linear_probe", "erm", "single_source", "merge", "ham", "ham_variants"],
                "ablations": ["ham_variants"], "all": ["linear_probe", "erm", "single_source", "merge", "ham",

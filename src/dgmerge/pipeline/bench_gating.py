@@ -19,7 +19,7 @@ from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig
 from dgmerge.data.imagefolder import scan_domains
 from dgmerge.evaluation.results import read_results
-from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment
+from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment, scope_overrides
 from dgmerge.reports.gating_multitask_table import render_gating_multitask
 from dgmerge.reports.gating_table import render_gating_dg
 
@@ -53,12 +53,7 @@ def bench_config(opts: GatingBenchOptions, default: str) -> ExperimentConfig:
     overrides: dict[str, Any] = {"data.root": str(Path(opts.data).parent), "data.dataset": Path(opts.data).name,
                                  "backbone.checkpoint": str(opts.weights), "output_dir": str(opts.out),
                                  "train.feature_cache_dir": str(opts.cache_dir)}
-    if opts.seeds:
-        overrides["seeds"] = list(opts.seeds)
-    if opts.test_domains:
-        overrides["data.test_domains"] = list(opts.test_domains)
-    if opts.steps:
-        overrides["train.steps"] = opts.steps
+    overrides.update(scope_overrides(opts.seeds, opts.test_domains, opts.steps))
     overrides.update(opts.overrides)
     return load_experiment(opts.config or default, overrides)
 

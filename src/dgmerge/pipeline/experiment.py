@@ -43,6 +43,19 @@ def load_experiment(path: Path | str, overrides: dict[str, Any] | None = None) -
     return load_config(path, overrides, methods=experiment_names())
 
 
+def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | None = None,
+                    steps: int | None = None) -> dict[str, Any]:
+    """Config overrides for a command's --seed/--test-domain/--steps (only those given)."""
+    out: dict[str, Any] = {}
+    if seeds:
+        out["seeds"] = list(seeds)
+    if test_domains:
+        out["data.test_domains"] = list(test_domains)
+    if steps:
+        out["train.steps"] = steps
+    return out
+
+
 def check_methods(cfg: ExperimentConfig) -> None:
     """Every name in `methods:` is a registered experiment method (ValueError listing them otherwise)."""
     for name in cfg.methods:
@@ -50,6 +63,10 @@ def check_methods(cfg: ExperimentConfig) -> None:
     same = {get_experiment(n).name for n in cfg.methods}
     if len(same) != len(cfg.methods):
         raise ValueError(f"methods {cfg.methods} name one method twice (an alias and its name)")
+    for name in cfg.methods:
+        check = get_experiment(name).check
+        if check is not None:
+            check(cfg)
     if cfg.tasks is not None:
         shared = [n for n in cfg.methods if not get_experiment(n).any_label_space]
         if shared:
