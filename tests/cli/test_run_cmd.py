@@ -54,3 +54,4 @@ def test_methods_lists_both_registries():
     for name in ("ties", "rhm", "regmean"):
         assert f"\n  {name} " in text
     assert "conv1x1='matrix'" in text
+    assert "\n  gating " in text.split("Merges of whole model files")[1] and "--gate" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dgmerge.merging import available, get_method
+from dgmerge.merging import FILE_MERGES, available, get_method
 from dgmerge.methods import EXPERIMENTS, experiment_names
 
 
@@ -27,6 +27,11 @@ def methods_text() -> str:
                   for p in spec.params]
         if params:
             lines.append(f"  {'':<16} hyperparameters: {', '.join(params)}")
+    if FILE_MERGES:
+        lines += ["", "Merges of whole model files (`dgmerge merge --method`, with more inputs than state dicts):"]
+        for merge in FILE_MERGES.values():
+            inputs = ", ".join(f"--{name}" for name in merge.inputs)
+            lines.append(f"  {merge.name:<16} {merge.summary}" + (f" (inputs: {inputs})" if inputs else ""))
     return "\n".join(lines)
 
 
