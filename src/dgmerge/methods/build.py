@@ -7,6 +7,7 @@ splits, and validation sets are the sources' out-splits.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from dgmerge.config import ExperimentConfig
 from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset
+from dgmerge.data.leak_guard import refuse_test_samples
 from dgmerge.data.transforms import train_transform
 from dgmerge.methods.cell import Cell
 from dgmerge.models import load_backbone
@@ -57,10 +59,12 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
         train_sets = {d: cached[d].select(envs.train_in[d]) for d in envs.sources}
         val_sets = {d: cached[d].select(envs.train_out[d]) for d in envs.sources}
         test_set = cached[test_domain].select(envs.test_samples(cfg.data.test_split))
-    head = frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut)
+    test_paths = frozenset(os.path.abspath(path) for path, _ in index.samples[test_domain])
+    head = frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut, test_paths)
     theta0 = Classifier(backbone.encoder, head)
     theta0.cut = cut
-    return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key)
+    return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key,
+                test_paths=test_paths)
 
 
 def cut_for(cfg: ExperimentConfig, backbone: Backbone) -> Cut:
@@ -88,7 +92,8 @@ def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, data: Imag
 
 
 def frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
-                eval_tf: Any, seed: int, train_sets: dict[str, Dataset], cut: Cut | None) -> torch.nn.Module:
+                eval_tf: Any, seed: int, train_sets: dict[str, Dataset], cut: Cut | None,
+                test_paths: frozenset[str] = frozenset()) -> torch.nn.Module:
     """CLIP's text head, or a linear probe fitted on θ0's features of the pooled source training splits."""
     if backbone.text_head is not None:
         return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
@@ -96,6 +101,7 @@ def frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, e
     pooled = ConcatDataset([
         ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image) if cfg.data.train_augment
         else train_sets[d] for d in envs.sources])
+    refuse_test_samples({"pooled sources": pooled}, test_paths, "the probe head")
     return probe_head(backbone, cut, pooled, len(index.classes), cfg, seed)
 
 

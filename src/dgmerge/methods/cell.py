@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from dgmerge.config import ExperimentConfig, HamConfig
 from dgmerge.data.environments import Environments
 from dgmerge.data.imagefolder import DomainIndex
+from dgmerge.data.leak_guard import refuse_test_samples
 from dgmerge.evaluation.results import append_result, make_row
 from dgmerge.files import save_model
 from dgmerge.models.accuracy import accuracy
@@ -66,6 +67,8 @@ class Cell:
     val_sets: dict[str, Dataset]
     test_set: Dataset
     job: str
+    # Absolute paths of every test-domain image: refused wherever data trains, fits or selects.
+    test_paths: frozenset[str] = frozenset()
     # Multi-task cells: each source's own head, classes and test set (empty in DG cells).
     heads: dict[str, torch.nn.Module] = field(default_factory=dict)
     task_classes: dict[str, list[str]] = field(default_factory=dict)
@@ -107,6 +110,8 @@ class Cell:
 
         Returns the best state on the validation sets, or the final one when there are none.
         """
+        self.guard(train_sets, "training")
+        self.guard(self.val_sets, "model selection")
         model = self.trainable_copy(source)
         name = desc.replace(" ", "_")
         result = fine_tune(model, train_sets, self.val_sets, self.cfg.train, self.seed, desc=desc,
@@ -128,12 +133,18 @@ class Cell:
 
     def train_ham(self, ham_cfg: HamConfig, name: str) -> HamResult:
         """HAM's lockstep training of one model per source under `ham_cfg` (resumable)."""
+        self.guard(self.train_sets, "HAM's training")
+        self.guard(self.val_sets, "HAM's model selection")
         theta = self.trainable_copy()
         result = train_ham(theta, self.train_sets, self.val_sets, self.cfg.train, ham_cfg, self.seed, desc=name,
                            checkpoint=self.checkpointer(name))
         save_history(self.logs_dir / f"{name}.csv", result.history)
         self.ham_runs.append((ham_cfg, result))
         return result
+
+    def guard(self, datasets: dict[str, Dataset], purpose: str) -> None:
+        """Refuse (DataLeakError) if any of `datasets` serves a test-domain image; `purpose` names the use."""
+        refuse_test_samples(datasets, self.test_paths, purpose)
 
     def theta0_for(self, source: str | None) -> Classifier:
         """θ0 under `source`'s head (θ0 itself in a DG cell, or when `source` is None)."""

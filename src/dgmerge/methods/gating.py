@@ -58,6 +58,7 @@ def run(cell: Cell) -> list[Row]:
     runs = cell.source_runs()
     trainable = trainable_encoder_names(cell.backbone.encoder, cell.backbone, cell.cfg.train.trainable)
     keys = [f"encoder.{n}" for n in trainable]
+    cell.guard({r.source: cell.train_sets[r.source] for r in runs}, "RegMean's Gram statistics and the gate")
     grams = [_grams(cell, r.model, cell.train_sets[r.source], keys) for r in runs]
     gate = new_gate(cell.backbone.encoder, cell.backbone.feature_dim, len(runs), cut, trainable, cell.seed)
     subsets = [Subset(cell.train_sets[r.source], gate_fraction(list(range(len(cell.train_sets[r.source]))),
