@@ -245,3 +245,45 @@ def test_given_models_are_trained_in_place_and_match_the_theta0_form(default_run
     assert same(dict(r.merged_state), dict(default_run.merged_state))
     assert all(same(m.state_dict(), r.final_states[s]) for m, s in zip(models, SOURCES))
     assert math.isfinite(r.wall_time_s) and r.wall_time_s > 0
+
+
+def _one_step_model() -> Classifier:
+    """logits = 5·x: a trainable identity encoder under a frozen head scaling by 5."""
+    encoder = nn.Linear(2, 2, bias=False)
+    head = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        encoder.weight.copy_(torch.eye(2))
+        head.weight.copy_(5 * torch.eye(2))
+    head.requires_grad_(False)
+    return Classifier(encoder, head)
+
+
+def test_a_borrowed_sample_enters_the_loss_with_its_true_label():
+    """One SAE step by hand: which foreign sample is borrowed, with which label, and its weight in L_CE."""
+    model = _one_step_model()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    cfg = HamConfig(opa=False)
+    run_a = ham_module.new_source_run("a", model, names, TrainConfig(steps=1, lr=1e-3), cfg)
+    own = (torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))  # softmax(5, 0): τ_a = 0.99331
+    # b's first sample is more confident than τ_a (softmax(15, 0)) and labelled 1, against the
+    # model's argmax 0; the second (softmax(0.5, 0) = 0.62) stays home.
+    foreign = (torch.tensor([[3.0, 0.0], [0.1, 0.0]]), torch.tensor([1, 0]))
+    theta0 = [p.detach().clone() for p in run_a.params]
+    record = ham_module._source_step(run_a, {"a": own, "b": foreign}, theta0, theta0, cfg, step=1)
+    assert record["borrow/a<-b"] == 1 and record["borrowed/a"] == 1
+    assert record["tau/a"] == pytest.approx(1 / (1 + math.exp(-5)), rel=1e-6)
+    own_ce = math.log(1 + math.exp(-5))
+    # Mean over the enriched batch B'_a (3 samples); the borrowed one with its true label 1.
+    assert record["loss_ce/a"] == pytest.approx((2 * own_ce + math.log(1 + math.exp(15))) / 3, rel=1e-6)
+
+
+def test_historical_weights_follow_beta_for_every_step():
+    """hist_weight at step t is γ_t = Beta(β, β).pdf((t + 0.5) / (T + 1)) for the configured β."""
+    from dgmerge.merging.trajectory import beta_weight
+
+    for beta in (2.0, 0.5):
+        result = run(cfg=TrainConfig(steps=5, batch_size=8, lr=1e-2, eval_every=5), sae=False, opa=False, beta=beta)
+        weights = [r["hist_weight"] for r in result.history]
+        assert weights == pytest.approx([beta_weight(t, 5, beta) for t in range(1, 6)], rel=1e-9)
+    # β = 2 is bell-shaped: the middle step weighs most; β = 0.5 is U-shaped.
+    assert beta_weight(3, 5, 2.0) > beta_weight(1, 5, 2.0) and beta_weight(3, 5, 0.5) < beta_weight(1, 5, 0.5)

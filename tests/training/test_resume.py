@@ -106,3 +106,57 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.ckpt"):
         fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=Checkpointer(path, 2))
+
+
+class FallingValidation:
+    """Validation accuracy that falls after the first evaluation (0.9, 0.5, 0.4, ...) per model.
+
+    Scripted by evaluation count per val-set call site, so a killed run and its resumed
+    continuation see the same sequence as one uninterrupted run.
+    """
+
+    def __init__(self, per_call: int = 1):
+        self.calls = 0
+        self.per_call = per_call  # HAM evaluates every source model at each evaluation step
+
+    def __call__(self, model, val_sets, batch_size):
+        script = [0.9, 0.5, 0.4, 0.3]
+        acc = script[min(self.calls // self.per_call, len(script) - 1)]
+        self.calls += 1
+        return {name: acc for name in val_sets}
+
+
+def test_fine_tune_resume_keeps_the_best_checkpoint_from_before_the_kill(tmp_path, monkeypatch):
+    from dgmerge.training import finetune as finetune_module
+
+    monkeypatch.setattr(finetune_module, "validation_accuracy", FallingValidation())
+    full = fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1)
+    assert (full.best_step, full.best_val_acc) == (3, 0.9)
+    path = tmp_path / "erm.ckpt"
+    monkeypatch.setattr(finetune_module, "validation_accuracy", FallingValidation())
+    with pytest.raises(Killed):
+        fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=KillAfterSave(path, 3, 6))
+    resumed = fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=Checkpointer(path, 3))
+    # Accuracy fell after the checkpoint: the best state must come back from it, not restart.
+    assert (resumed.best_step, resumed.best_val_acc) == (3, 0.9)
+    assert_same_states(full.best_state, resumed.best_state)
+
+
+def test_ham_resume_keeps_each_sources_best_checkpoint_from_before_the_kill(tmp_path, monkeypatch):
+    from dgmerge.training import ham as ham_module
+
+    ham = HamConfig(historical="none")
+    model = theta0()
+    model.encoder.requires_grad_(True)
+    monkeypatch.setattr(ham_module, "validation_accuracy", FallingValidation(per_call=2))
+    full = train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2)
+    assert full.best_steps == {"a": 3, "b": 3}
+    path = tmp_path / "ham.ckpt"
+    monkeypatch.setattr(ham_module, "validation_accuracy", FallingValidation(per_call=2))
+    with pytest.raises(Killed):
+        train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2,
+                  checkpoint=KillAfterSave(path, 3, 6))
+    resumed = train_ham(copy.deepcopy(model), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2,
+                        checkpoint=Checkpointer(path, 3))
+    assert resumed.best_steps == {"a": 3, "b": 3} and resumed.best_val_accs == {"a": 0.9, "b": 0.9}
+    assert_same_states(full.merged_state, resumed.merged_state)  # the merge of the step-3 checkpoints
