@@ -13,10 +13,17 @@ def test_defaults_are_the_paper_settings():
 
 
 def test_ablations_are_configs():
-    HamConfig(sae=False, opa=False, historical="none")
-    HamConfig(merge_hparams={"trim": 0.2, "level": "tensor"})
-    HamConfig(merge_method="ties", merge_hparams={"keep": 0.2})
-    HamConfig(sae_rule="margin", sae_margin=0.1, sae_max_borrow=4, sae_warmup_steps=100)
+    """Each ablation of HAM Tables 2-5 is a config; the merge-time ones can reuse HAM's training."""
+    full = HamConfig()
+    assert (full.sae, full.opa, full.historical, full.merge_method) == (True, True, "beta", "rhm")
+    no_modules = HamConfig(sae=False, opa=False, historical="none")
+    assert (no_modules.sae, no_modules.opa, no_modules.historical) == (False, False, "none")
+    layer_level = HamConfig(merge_hparams={"trim": 0.2, "level": "tensor"})
+    ties = HamConfig(merge_method="ties", merge_hparams={"keep": 0.2})
+    assert can_reuse(layer_level, full) and can_reuse(ties, full) and can_reuse(HamConfig(historical="none"), full)
+    assert not can_reuse(no_modules, full) and not can_reuse(HamConfig(beta=1.0), full)
+    margin = HamConfig(sae_rule="margin", sae_margin=0.1, sae_max_borrow=4, sae_warmup_steps=100)
+    assert (margin.sae_margin, margin.sae_max_borrow, margin.sae_warmup_steps) == (0.1, 4, 100)
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from typer.testing import CliRunner
@@ -93,14 +94,29 @@ def test_unknown_test_domain_is_named(tiny_shapes, tmp_path):
 
 
 def test_merge_of_identical_sources_is_that_model(tiny_shapes, tmp_path):
-    # Merging needs a shared θ0: with lr≈0 every source model stays θ0 and so must the merge.
-    cfg = config(tiny_shapes, tmp_path / "run", methods=["zero_shot", "merge"], save_models=False,
-                 merges=[MergeSpec(method="average"), MergeSpec(method="ties"), MergeSpec(method="rhm")])
-    cfg.train.lr = 1e-12
-    rows = experiment.run_experiment(cfg, log=lambda _: None)
-    accs = {r["method"]: r["test_acc"] for r in rows}
-    for merged in ("merge:average", "merge:ties", "merge:rhm"):
-        assert accs[merged] == pytest.approx(accs["linear_probe"])
+    # Sources that really moved away from θ0, all the same model: every merge must give it back.
+    from dgmerge.data.imagefolder import scan_domains
+    from dgmerge.methods import build_cell, get_experiment
+
+    cfg = config(tiny_shapes, tmp_path / "run", methods=["merge"], save_models=False,
+                 merges=[MergeSpec(method="average"), MergeSpec(method="ties", hparams={"keep": 1.0}),
+                         MergeSpec(method="rhm", hparams={"trim": 0.0})])
+    cell = build_cell(cfg, scan_domains(tiny_shapes / "Shapes"), "outline", 0, "key")
+    cell.log = lambda _: None
+    moved = cell.source_runs()[0]
+    trained = cell.trained_keys()
+    theta0 = cell.theta0.state_dict()
+    assert max(float((moved.model.state_dict()[k] - theta0[k]).abs().max()) for k in trained) > 1e-3
+    cell._sources = [moved, moved]
+    merged_states = []
+    real_loaded = cell.loaded
+    cell.loaded = lambda state: merged_states.append(state) or real_loaded(state)
+    rows = get_experiment("merge").run(cell)
+    assert [r["method"] for r in rows] == ["merge:average", "merge:ties", "merge:rhm"]
+    want = moved.model.state_dict()
+    for state in merged_states:
+        for key in want:
+            torch.testing.assert_close(state[key], want[key], rtol=1e-6, atol=1e-6)
 
 
 def test_merges_are_validated_in_the_config():
