@@ -72,7 +72,7 @@ def _task_data(cfg: ExperimentConfig, index: DomainIndex, task: str, backbone: B
     """(the task's whole data in a fixed order, its classes, the key its split seed is hashed from)."""
     if task == DIGITS:
         data: Any = DigitImages(backbone.image_size, backbone.mean, backbone.std)
-        classes, split_key = list(DIGIT_CLASSES), DIGITS
+        classes, split_key, to_cache = list(DIGIT_CLASSES), DIGITS, data
     else:
         samples = index.samples[task]
         if cfg.data.max_images_per_domain:  # the subsample a DG cell of this domain draws
@@ -80,17 +80,19 @@ def _task_data(cfg: ExperimentConfig, index: DomainIndex, task: str, backbone: B
         data = ImageDataset(samples, backbone.preprocessing(), on_bad_image=cfg.data.on_bad_image)
         # DomainBed's split of this domain: seed_hash(trial seed, domain id), as in a DG cell.
         classes, split_key = list(index.classes), index.domain_id(task)
+        # Cached in path order, like a DG cell's cache of the domain, so both read one file.
+        to_cache = ImageDataset(sorted(samples, key=lambda s: str(s[0])), data.transform,
+                                on_bad_image=cfg.data.on_bad_image)
     if cut is None:
         return data, classes, split_key
-    cache_dir = (cfg.train.feature_cache_dir or cfg.output_dir / "feature_cache") if cfg.train.feature_cache == "disk" \
-        else None
-    # The cache holds the samples in path order (shared with DG cells); select back the task's order.
-    ordered = sorted(data.samples, key=lambda s: str(s[0])) if task != DIGITS else list(data.samples)
-    source = ImageDataset(ordered, data.transform, on_bad_image=cfg.data.on_bad_image) if task != DIGITS else data
-    cached = cached_activations(backbone.encoder, cut, source, key=cache_key(
-        cfg.backbone.model_dump(mode="json"), cut, source.transform, ordered, cfg.train.feature_cache_dtype),
-        cache_dir=cache_dir, dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size,
-        desc=f"caching {task}")
+    cache_dir = None
+    if cfg.train.feature_cache == "disk":
+        cache_dir = cfg.train.feature_cache_dir or cfg.output_dir / "feature_cache"
+    key = cache_key(cfg.backbone.model_dump(mode="json"), cut, to_cache.transform, to_cache.samples,
+                    cfg.train.feature_cache_dtype)
+    cached = cached_activations(backbone.encoder, cut, to_cache, key=key, cache_dir=cache_dir,
+                                dtype=cfg.train.feature_cache_dtype, batch_size=cfg.train.eval_batch_size,
+                                desc=f"caching {task}")
     return cached.select(list(data.samples)), classes, split_key
 
 
