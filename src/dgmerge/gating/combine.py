@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dgmerge.config.gating import GATING_BASES
 from dgmerge.gating.gated_model import GatedClassifier, install_mixtures
 from dgmerge.merging.scope import merge_subset
 from dgmerge.merging.similarity import pairwise_cosine_sum
@@ -25,7 +26,7 @@ from dgmerge.models.classifier import NORM_TYPES
 from dgmerge.models.stages import Cut
 
 StateDict = dict[str, Tensor]
-BASES = ("average", "task_arithmetic", "regmean")
+BASES = GATING_BASES
 TAIL = "tail"
 
 

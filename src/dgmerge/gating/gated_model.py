@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from dgmerge.config.gating import GATING_MODES
 from dgmerge.models.stages import Cut, capture, run_from
 
-MODES = ("sample", "batch")
+MODES = GATING_MODES
 
 
 def _slot(name: str) -> str:
