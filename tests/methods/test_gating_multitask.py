@@ -67,3 +67,17 @@ def test_methods_that_need_one_label_space_are_refused_on_tasks(tiny_shapes, tmp
     cfg = config(tiny_shapes, tmp_path / "run", ["gating"], [["solid", "sketchy"]])
     with pytest.raises(ValueError, match="sketchy"):
         run_experiment(cfg, log=lambda _: None)
+
+
+def test_theta0_of_a_task_cell_is_described_by_its_first_tasks_label_space(tiny_shapes, tmp_path):
+    pytest.importorskip("sklearn")
+    from dgmerge.data.digits import DIGIT_CLASSES
+    from dgmerge.data.imagefolder import scan_domains
+    from dgmerge.methods.build_tasks import build_task_cell
+
+    cfg = config(tiny_shapes, tmp_path / "run", ["gating"], [["digits", "solid"]])
+    cell = build_task_cell(cfg, scan_domains(tiny_shapes / "Shapes"), ["digits", "solid"], 0, "key")
+    # θ0 carries the first task's head, so its saved metadata must name that task's classes.
+    assert cell.theta0.head.linear.out_features == 10
+    assert cell.classes() == DIGIT_CLASSES == cell.model_meta("linear_probe")["classes"]
+    assert cell.classes("solid") == list(scan_domains(tiny_shapes / "Shapes").classes)

@@ -57,7 +57,7 @@ class Cell:
     """
 
     cfg: ExperimentConfig
-    index: DomainIndex | None
+    index: DomainIndex
     envs: Environments | None
     seed: int
     test_domain: str
@@ -227,14 +227,15 @@ class Cell:
 
     def skipped_images(self) -> int:
         """Unreadable images substituted so far in this cell (on_bad_image: skip); 0 otherwise."""
-        datasets = [*self.train_sets.values(), *self.val_sets.values(), self.test_set]
+        datasets = [*self.train_sets.values(), *self.val_sets.values(), self.test_set, *self.test_sets.values()]
         return len({path for data in datasets for path in getattr(data, "skipped", ())})
 
     def classes(self, source: str | None = None) -> list[str]:
-        """The class names of `source`'s label space (the dataset's, in a DG cell)."""
-        if source is not None and source in self.task_classes:
-            return list(self.task_classes[source])
-        return list(self.index.classes) if self.index is not None else list(next(iter(self.task_classes.values())))
+        """The class names of `source`'s label space: the dataset's in a DG cell; in a multi-task
+        cell the task's, or (source None) those of θ0's head, the first task's."""
+        if self.task_classes:
+            return list(self.task_classes[source if source is not None else self.sources[0]])
+        return list(self.index.classes)
 
     def model_meta(self, method: str, task: str | None = None) -> dict[str, Any]:
         """The metadata a saved model carries, so `dgmerge evaluate` can rebuild it alone."""
