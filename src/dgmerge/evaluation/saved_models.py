@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
 from dgmerge.config import BackboneConfig, architecture_only
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
 from dgmerge.files import read_meta, read_state_dict
-from dgmerge.models.accuracy import accuracy
 from dgmerge.models import load_backbone
+from dgmerge.models.accuracy import accuracy
+from dgmerge.models.backbone import Backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead, ZeroShotHead
 
@@ -49,13 +51,18 @@ def load_model(path: Path, like: Path | None = None) -> tuple[torch.nn.Module, d
     return model, meta, transform
 
 
+def backbone_of(meta: dict[str, Any]) -> Backbone:
+    """The bare architecture a saved file's metadata names: its recipe, no weights, no download.
+
+    Every weight of a saved model is in its file, so loaders build this and load the file.
+    """
+    return load_backbone(architecture_only(BackboneConfig.model_validate(meta["backbone"])))
+
+
 def _load_classifier(path: Path, meta: dict[str, Any]) -> tuple[Classifier, Any]:
     """An encoder + head classifier, the kind `dgmerge run` saves."""
     state = read_state_dict(path)
-    cfg = BackboneConfig.model_validate(meta["backbone"])
-    # Weights are all in `state`: build the bare architecture, never download.
-    arch = architecture_only(cfg)
-    backbone = load_backbone(arch)
+    backbone = backbone_of(meta)
     if meta.get("head") == "ZeroShotHead":
         head: torch.nn.Module = ZeroShotHead(torch.zeros_like(state["head.class_embeddings"]))
     else:
@@ -66,7 +73,7 @@ def _load_classifier(path: Path, meta: dict[str, Any]) -> tuple[Classifier, Any]
     model = Classifier(backbone.encoder, head)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit the {cfg.kind}:{cfg.name} architecture of its metadata: "
+        raise ValueError(f"{path} does not fit the {backbone.kind}:{backbone.name} architecture of its metadata: "
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.eval(), backbone.preprocessing()
 

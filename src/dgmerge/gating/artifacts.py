@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from dgmerge.config import BackboneConfig, architecture_only
+from dgmerge.config import BackboneConfig
+from dgmerge.evaluation.saved_models import backbone_of
 from dgmerge.files import META_KEY, ModelFileError, read_meta, read_state_dict, save_model, save_state_dict
 from dgmerge.gating.gate import Gate
-from dgmerge.models import load_backbone
 from dgmerge.models.stages import Cut
 
 
@@ -23,16 +23,19 @@ def save_gate(path: Path, gate: Gate, backbone_cfg: BackboneConfig, tasks: list[
     return save_model(path, gate, meta)
 
 
+def gate_skeleton(meta: dict[str, Any], n_tasks: int) -> Gate:
+    """An untrained gate of the architecture, cut and width a file's metadata names (weights come from the file)."""
+    cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
+    return Gate(backbone_of(meta).encoder, int(meta["feature_dim"]), n_tasks, cut)
+
+
 def load_gate(path: Path) -> tuple[Gate, dict[str, Any]]:
     """A gate written by save_gate (no weights are downloaded: everything is in the file)."""
     meta = read_meta(path)
     if meta.get("kind") != "gate":
         raise ValueError(f"{path} is not a gate file (its metadata kind is {meta.get('kind')!r}); pass the "
                          "gate.safetensors a gating benchmark wrote")
-    cfg = architecture_only(BackboneConfig.model_validate(meta["backbone"]))
-    backbone = load_backbone(cfg)
-    cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
-    gate = Gate(backbone.encoder, int(meta["feature_dim"]), len(meta["tasks"]), cut)
+    gate = gate_skeleton(meta, len(meta["tasks"]))
     gate.load_state_dict(read_state_dict(path))
     gate.requires_grad_(False)
     return gate.eval(), meta

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from dgmerge.config import BackboneConfig, architecture_only
-from dgmerge.evaluation.saved_models import load_model, register_model_kind
+from dgmerge.evaluation.saved_models import backbone_of, load_model, register_model_kind
 from dgmerge.files import read_state_dict, save_model
-from dgmerge.gating.artifacts import load_gate, load_grams
+from dgmerge.gating.artifacts import gate_skeleton, load_gate, load_grams
 from dgmerge.gating.combine import (
     BASES,
     base_merge,
@@ -26,13 +25,10 @@ from dgmerge.gating.combine import (
     gated_module_names,
     least_similar,
 )
-from dgmerge.gating.gate import Gate
 from dgmerge.gating.gated_model import MODES, GatedClassifier, install_mixtures
 from dgmerge.merging.files import register_file_merge
 from dgmerge.merging.validate import MergeError
-from dgmerge.models import load_backbone
 from dgmerge.models.heads import LinearHead
-from dgmerge.models.stages import Cut
 
 # The metadata kind of a gated model file; `dgmerge evaluate` loads it through register_model_kind.
 GATED_KIND = "gated_classifier"
@@ -92,7 +88,7 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
         raise MergeError("gating with base=regmean needs one --grams file per model (grams_<task>.safetensors)")
     merged = base_merge(settings["base"], base_state, states, keys, grams=gram_dicts, scale=settings["scale"],
                         alpha=settings["alpha"])
-    backbone = load_backbone(architecture_only(BackboneConfig.model_validate(meta0["backbone"])))
+    backbone = backbone_of(meta0)
     trained = [k.removeprefix("encoder.") for k in keys]
     candidates = candidate_modules(theta0.encoder, backbone.blocks, backbone.tail, trained)
     similarities = candidate_similarities(states, candidates)
@@ -112,14 +108,13 @@ def merge_gating_files(pretrained: Path, models: Sequence[Path], gate_path: Path
 
 def load_gated(path: Path, meta: dict[str, Any]) -> tuple[GatedClassifier, Any]:
     """Rebuild a file written by merge_gating_files (architecture from metadata, weights from the file)."""
-    cfg = architecture_only(BackboneConfig.model_validate(meta["backbone"]))
-    backbone = load_backbone(cfg)
     tasks = meta["tasks"]
+    backbone = backbone_of(meta)
     encoder = backbone.encoder
     # The experts only give the mixtures their shapes here; the stacked weights come from the file.
     install_mixtures(encoder, [encoder] * len(tasks), meta["gated"])
-    cut = Cut(meta["cut"], int(meta["image_size"])) if meta.get("cut") else None
-    gate = Gate(load_backbone(cfg).encoder, int(meta["feature_dim"]), len(tasks), cut)
+    gate = gate_skeleton(meta, len(tasks))
+    cut = gate.cut
     heads = [LinearHead(int(meta["feature_dim"]), len(t["classes"])) for t in tasks]
     model = GatedClassifier(encoder, gate, heads, [t["classes"] for t in tasks], cut=cut, mode=meta["mode"],
                             inputs="images")

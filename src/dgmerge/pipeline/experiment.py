@@ -57,18 +57,15 @@ def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | No
 
 
 def check_methods(cfg: ExperimentConfig) -> None:
-    """Every name in `methods:` is a registered experiment method (ValueError listing them otherwise)."""
-    for name in cfg.methods:
-        get_experiment(name)
-    same = {get_experiment(n).name for n in cfg.methods}
-    if len(same) != len(cfg.methods):
+    """Every name in `methods:` is registered, named once, and can run on this config (ValueError otherwise)."""
+    methods = [get_experiment(name) for name in cfg.methods]
+    if len({m.name for m in methods}) != len(methods):
         raise ValueError(f"methods {cfg.methods} name one method twice (an alias and its name)")
-    for name in cfg.methods:
-        check = get_experiment(name).check
-        if check is not None:
-            check(cfg)
+    for method in methods:
+        if method.check is not None:
+            method.check(cfg)
     if cfg.tasks is not None:
-        shared = [n for n in cfg.methods if not get_experiment(n).any_label_space]
+        shared = [name for name, m in zip(cfg.methods, methods) if not m.any_label_space]
         if shared:
             raise ValueError(f"methods {shared} need one label space shared by every source; the tasks of "
                              "`tasks:` each have their own (run single_source and gating on tasks)")

@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 from dgmerge.config import ExperimentConfig
 from dgmerge.data.imagefolder import scan_domains
-from dgmerge.pipeline.experiment import build_cell, experiment_key
+from dgmerge.methods import build_cell
+from dgmerge.pipeline.experiment import experiment_key, planned_cells
 
 Cell = tuple[int, str]
 Log = Callable[[str], None]
@@ -40,11 +41,10 @@ def plan_workers(cells: Sequence[Cell], cost: Callable[[Cell], float], jobs: int
 
 
 def experiment_cells(cfg: ExperimentConfig) -> tuple[list[Cell], dict[str, int]]:
-    """Every (seed, test domain) cell of `cfg`, and each domain's image count (its cost proxy)."""
+    """Every (seed, test domain) cell of `cfg`, as the loop runs them, and each domain's image count (its cost proxy)."""
     index = scan_domains(cfg.data.root / cfg.data.dataset)
-    domains = cfg.data.test_domains or list(index.domains)
     sizes = {d: len(index.samples[d]) for d in index.domains}
-    return [(seed, d) for seed in cfg.seeds for d in domains], sizes
+    return [(seed, name) for seed, name, _ in planned_cells(cfg, index, experiment_key(cfg))], sizes
 
 
 def warm_feature_cache(cfg: ExperimentConfig, cell: Cell, log: Log) -> None:
