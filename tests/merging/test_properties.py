@@ -28,7 +28,9 @@ def pools(draw, same_sign: bool = False):
         state = {}
         for k, v in theta0.items():
             update = torch.randn(v.shape, generator=gen)
-            state[k] = (v.float() + (update.abs() if same_sign else update)).to(dtype)
+            # + 0.25 keeps every same-sign update non-zero after rounding to bfloat16 (ulp <= 1/16 below 8):
+            # a zero update has no sign, so TIES' disjoint mean would rightly leave it out.
+            state[k] = (v.float() + (update.abs() + 0.25 if same_sign else update)).to(dtype)
         models.append(state)
     return theta0, models, dtype_name, tol
 

@@ -19,6 +19,7 @@ from dgmerge.config.base import StrictModel
 from dgmerge.config.gating import GatingConfig
 from dgmerge.config.tasks import TasksConfig
 from dgmerge.config.ham import HamConfig
+from dgmerge.device import DEVICE_PATTERN
 from dgmerge.merging import available, get_method
 
 TRAINABLE_PATTERN = re.compile(r"^(all|none|norms_biases|last:[1-9][0-9]*)$")
@@ -75,6 +76,21 @@ class TrainConfig(StrictModel):
     # Save a resumable checkpoint every N steps (0 = never) under <output_dir>/checkpoints;
     # a rerun of an interrupted experiment continues from it.
     checkpoint_every: int = Field(default=0, ge=0)
+    # auto = the first GPU when torch sees one, else the CPU; or cpu | cuda | cuda:N.
+    device: str = "auto"
+    # Autocast precision of forward passes; weights, AdamW states and averages stay fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Where HAM's historical averages live: with the models, or on the CPU for small GPUs.
+    history_device: Literal["same", "cpu"] = "same"
+    # Seconds between progress lines when stderr is not a terminal (0 = every step).
+    log_every_s: float = Field(default=30.0, ge=0.0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
 
     @field_validator("trainable")
     @classmethod

@@ -29,8 +29,12 @@ def experiment_key(cfg: ExperimentConfig) -> str:
     # Settings that change speed, not results, stay out of the key.
     for section, name in (("data", "test_domains"), ("data", "num_workers"), ("data", "cache_images"),
                           ("train", "feature_cache"), ("train", "feature_cache_dir"),
-                          ("train", "checkpoint_every")):
+                          ("train", "checkpoint_every"), ("train", "device"), ("train", "history_device"),
+                          ("train", "log_every_s")):
         payload[section].pop(name, None)
+    # fp32 is what every key before mixed precision meant: those runs still resume.
+    if payload["train"].get("precision") == "fp32":
+        payload["train"].pop("precision")
     # Variants are rows of their own, each recording its full HAM config: adding one must not
     # invalidate the rest of the experiment.
     for name in ("ham_variants", "ham_variant_runs"):
