@@ -1,5 +1,6 @@
 """The sweep section: grid and space values reach the experiment field their dotted key names as typed."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,46 @@ def test_schema_is_the_one_the_pipeline_uses():
     from dgmerge.pipeline import sweep
 
     assert sweep.SweepSpec is SweepSpec and sweep.load_sweep is load_sweep
+
+
+def test_slurm_section_reads_sbatch_options(tmp_path):
+    _, spec = load_sweep(sweep_file(tmp_path, "sweep:\n  launcher: slurm\n  slurm:\n    partition: gpu\n"
+                                                 "    account: lab\n    qos: high\n    time: 4:00:00\n"
+                                                 "    gpus_per_node: 1\n    cpus_per_task: 8\n    mem_gb: 32\n"
+                                                 "    array_parallelism: 4\n    constraint: a100\n"
+                                                 "    folder: logs/slurm\n"
+                                                 "    additional_parameters: {mail-type: END, exclusive: true}\n"))
+    slurm = spec.slurm
+    assert spec.launcher == "slurm"
+    # `4:00:00` stays text (YAML 1.1 would read the base-60 number 14400) and means four hours.
+    assert (slurm.time, slurm.timeout_min) == ("4:00:00", 240)
+    assert (slurm.partition, slurm.account, slurm.qos, slurm.constraint) == ("gpu", "lab", "high", "a100")
+    assert (slurm.gpus_per_node, slurm.cpus_per_task, slurm.mem_gb, slurm.array_parallelism) == (1, 8, 32.0, 4)
+    assert slurm.folder == Path("logs/slurm")
+    assert slurm.additional_parameters == {"mail-type": "END", "exclusive": True}
+
+
+def test_launcher_defaults_to_local_with_a_long_enough_slurm_time(tmp_path):
+    _, spec = load_sweep(sweep_file(tmp_path, "sweep: {grid: {train.lr: [1e-4]}}\n"))
+    assert spec.launcher == "local" and spec.slurm.folder is None and spec.slurm.timeout_min == 240
+    assert SweepSpec(slurm={"time": 90}).slurm.timeout_min == 90
+    assert [SweepSpec(slurm={"time": t}).slurm.timeout_min for t in ("30", "1-12", "1-0:30", "0:0:30")] == \
+        [30, 36 * 60, 24 * 60 + 30, 1]
+
+
+@pytest.mark.parametrize("text, field", [
+    ("launcher: pbs", "launcher"),
+    ("slurm: {partitions: gpu}", "slurm.partitions"),
+    ("slurm: {time: 0}", "slurm.time"),
+    ("slurm: {time: 4h}", "slurm.time"),
+    ("slurm: {gpus_per_node: -1}", "slurm.gpus_per_node"),
+    ("slurm: {cpus_per_task: 0}", "slurm.cpus_per_task"),
+    ("slurm: {mem_gb: 0}", "slurm.mem_gb"),
+    ("slurm: {array_parallelism: 0}", "slurm.array_parallelism"),
+    ("slurm: {partition: ''}", "slurm.partition"),
+    ("slurm: {additional_parameters: [a]}", "slurm.additional_parameters"),
+    ("slurm: 3", "slurm"),
+])
+def test_bad_slurm_settings_are_refused_by_name(tmp_path, text, field):
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_sweep(sweep_file(tmp_path, f"sweep:\n  {text}\n"))

@@ -3,12 +3,15 @@
 A sweep file is an experiment config plus this section; its keys are dotted paths into the
 experiment config (train.lr, ham.merge_hparams.trim), and each value reaches that field as it
 would from the experiment section itself (`train.feature_cache: [off, disk]` stays text).
+`launcher` says where the jobs run: one after the other in this process, or as a SLURM job
+array through submitit with the resources of the `slurm:` sub-section.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -26,6 +29,73 @@ HAM_SPACE: dict[str, list[Any]] = {
 }
 
 
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes or days-hours:minutes:seconds.
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def slurm_minutes(value: str) -> int:
+    """Minutes of an sbatch --time value ("240", "4:00:00", "1-12"), seconds rounded up; ValueError if malformed."""
+    match = _SLURM_TIME.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"time must be minutes or sbatch's [days-]hours:minutes:seconds, got {value!r}")
+    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = first or 0, second or 0, third or 0
+        days_min = days * 24 * 60
+    elif third is not None:  # hours:minutes:seconds
+        hours, minutes, seconds, days_min = first or 0, second or 0, third, 0
+    else:  # minutes[:seconds]
+        hours, minutes, seconds, days_min = 0, first or 0, second or 0, 0
+    total = days_min + hours * 60 + minutes + int(seconds > 0)
+    if total <= 0:
+        raise ValueError(f"time must be at least one minute, got {value!r}")
+    return total
+
+
+class SlurmSpec(StrictModel):
+    """SLURM resources of each sweep job (one task of a job array), passed to submitit."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # Wall-clock limit per job, written as sbatch's --time. A text field, so YAML 1.1 does not
+    # read `4:00:00` as the base-60 number 14400; submitit's own default (5 minutes) would kill
+    # most training jobs, hence a default of four hours.
+    time: str = "4:00:00"
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem_gb: float | None = Field(default=None, gt=0)
+    # At most this many jobs of the array run at once (sbatch --array=...%N).
+    array_parallelism: int | None = Field(default=None, ge=1)
+    constraint: str | None = None
+    # Any other sbatch option, passed through as submitit's slurm_additional_parameters.
+    additional_parameters: dict[str, Any] = Field(default_factory=dict)
+    # Where submitit writes job scripts and logs (default: <output_dir>/slurm).
+    folder: Path | None = None
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_spec(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # minutes, when set from Python
+        if isinstance(value, str):
+            slurm_minutes(value)
+        return value
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave the key out for the cluster's default)")
+        return value
+
+    @property
+    def timeout_min(self) -> int:
+        """`time` in minutes, as submitit takes it."""
+        return slurm_minutes(self.time)
+
+
 class SweepSpec(StrictModel):
     """Which hyperparameters a sweep varies."""
 
@@ -35,6 +105,9 @@ class SweepSpec(StrictModel):
     trials: int = Field(default=0, ge=0)
     space: dict[str, list[Any]] | str = Field(default_factory=dict)
     seed: int = 0
+    # Where the jobs run: in this process one after the other, or as a SLURM job array.
+    launcher: Literal["local", "slurm"] = "local"
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
     @field_validator("grid")
     @classmethod
@@ -77,4 +150,4 @@ def load_sweep(path: Path) -> tuple[dict[str, Any], SweepSpec]:
     return raw, spec
 
 
-__all__ = ["HAM_SPACE", "SweepSpec", "load_sweep", "resolve_sweep_section"]
+__all__ = ["HAM_SPACE", "SlurmSpec", "SweepSpec", "load_sweep", "resolve_sweep_section", "slurm_minutes"]
