@@ -19,10 +19,11 @@ def weighted_average(pretrained: StateDict, finetuned: Sequence[StateDict],
     total = float(sum(weights))
 
     def merged(key: str):
-        dtype = compute_dtype(pretrained[key])
-        acc = torch.zeros(pretrained[key].shape, dtype=dtype)
+        base = pretrained[key]
+        dtype = compute_dtype(base)
+        acc = torch.zeros(base.shape, dtype=dtype, device=base.device)
         for w, state in zip(weights, finetuned):
-            acc.add_(state[key].to(dtype), alpha=w / total)
+            acc.add_(state[key].to(device=base.device, dtype=dtype), alpha=w / total)
         return acc
 
     with one_thread():

@@ -2,7 +2,9 @@
 
 The drop is applied lazily per tensor in front of any base method, with one random stream
 per (model, tensor) derived by hashing (seed, model index, key): results do not depend on
-the order in which the base method reads tensors, or on how many passes it makes.
+the order in which the base method reads tensors, or on how many passes it makes. The
+streams are CPU generators and the masks are moved to the tensors' device, so a seed gives
+the same masks, and the same merge, on every device.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ def derived_seed(seed: int, *parts: Any) -> int:
 
 
 def drop_and_rescale(vector: Tensor, drop: float, generator: torch.Generator, rescale: bool = True) -> Tensor:
-    """Zero each entry with probability `drop`; survivors × 1/(1−drop) keep the expectation."""
+    """Zero each entry with probability `drop`; survivors × 1/(1−drop) keep the expectation.
+
+    The uniforms are drawn on the generator's device; the mask is moved to the vector's.
+    """
     if drop == 0:
         return vector
-    keep = torch.rand(vector.shape, generator=generator) >= drop
-    kept = torch.where(keep, vector, torch.zeros((), dtype=vector.dtype))
+    keep = (torch.rand(vector.shape, generator=generator, device=generator.device) >= drop).to(vector.device)
+    kept = torch.where(keep, vector, torch.zeros((), dtype=vector.dtype, device=vector.device))
     return kept / (1.0 - drop) if rescale else kept
 
 
@@ -43,8 +48,8 @@ def dropped_models(pretrained: StateDict, finetuned: Sequence[StateDict], drop: 
             if not is_float(base):
                 return base
             dtype = compute_dtype(base)
-            generator = torch.Generator().manual_seed(derived_seed(seed, index, key))
-            vector = state[key].to(dtype) - base.to(dtype)
+            generator = torch.Generator(device="cpu").manual_seed(derived_seed(seed, index, key))
+            vector = state[key].to(device=base.device, dtype=dtype) - base.to(dtype)
             return base.to(dtype) + drop_and_rescale(vector, drop, generator, rescale)
         views.append(DerivedStateDict(list(pretrained.keys()), compute))
     return views
@@ -68,7 +73,7 @@ def dare(pretrained: StateDict, finetuned: Sequence[StateDict], *, drop: float =
     if base in ("dare", "greedy_soup"):
         raise MergeError(f"dare: base={base!r} is not supported; use task_arithmetic, ties, average, rhm, ...")
     if generator is not None:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     views = dropped_models(pretrained, finetuned, drop, seed, rescale)
     result = run_unchecked(base, pretrained, views, **base_hparams)
     result.info = {"drop": drop, "seed": seed, "base": base, "base_info": result.info}

@@ -36,9 +36,11 @@ def task_vector_report(pretrained: StateDict, finetuned: Sequence[StateDict],
     n_models = len(finetuned)
     names = list(names) if names is not None else [f"model{i}" for i in range(n_models)]
     report = TaskVectorReport(names=names)
-    gram = torch.zeros(n_models, n_models, dtype=torch.float64)
+    keys = float_keys(pretrained)
+    device = pretrained[keys[0]].device if keys else torch.device("cpu")
+    gram = torch.zeros(n_models, n_models, dtype=torch.float64, device=device)
     conflicts = entries = 0
-    for key in float_keys(pretrained):
+    for key in keys:
         vectors = stacked_task_vectors(pretrained, finetuned, key).reshape(n_models, -1)
         flat = vectors.double()
         gram += flat @ flat.T
@@ -84,11 +86,13 @@ def save_heatmap(report: TaskVectorReport, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    norms = torch.tensor(list(report.layer_norms.values())) if report.layer_norms else torch.zeros(0, 0)
+    # Plain lists from the report, plotted from the CPU.
+    norms = (torch.tensor(list(report.layer_norms.values()), device="cpu") if report.layer_norms
+             else torch.zeros(0, 0, device="cpu"))
     fig, axes = plt.subplots(1, 2, figsize=(12, max(4, 0.12 * len(report.layer_norms) + 2)),
                              gridspec_kw={"width_ratios": [1, 1]})
     ax = axes[0]
-    im = ax.imshow(torch.tensor(report.cosine).numpy(), vmin=-1, vmax=1, cmap="coolwarm")
+    im = ax.imshow(torch.tensor(report.cosine, device="cpu").numpy(), vmin=-1, vmax=1, cmap="coolwarm")
     ax.set_xticks(range(len(report.names)), report.names, rotation=45, ha="right")
     ax.set_yticks(range(len(report.names)), report.names)
     for i, row in enumerate(report.cosine):

@@ -39,11 +39,12 @@ def fisher(pretrained: StateDict, finetuned: Sequence[StateDict], *, fishers: Se
     result = weighted_average(pretrained, finetuned, weights)
     for key in keys:
         dtype = compute_dtype(pretrained[key])
-        num = torch.zeros(pretrained[key].shape, dtype=dtype)
+        device = pretrained[key].device
+        num = torch.zeros(pretrained[key].shape, dtype=dtype, device=device)
         den = torch.zeros_like(num)
         for w, state, f in zip(lam, finetuned, fishers):
-            weight: Tensor = w * (f[key].to(dtype) + eps)
-            num += weight * state[key].to(dtype)
+            weight: Tensor = w * (f[key].to(device=device, dtype=dtype) + eps)
+            num += weight * state[key].to(device=device, dtype=dtype)
             den += weight
         result[key] = torch.where(den > 0, num / den.clamp(min=torch.finfo(dtype).tiny),
                                   result[key].to(dtype)).to(pretrained[key].dtype)

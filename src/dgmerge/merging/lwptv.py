@@ -45,7 +45,8 @@ def layer_saliency(pretrained: StateDict, finetuned: Sequence[StateDict], units:
     """Per layer unit, one saliency score per fine-tuned model (streamed tensor by tensor)."""
     scores: dict[str, list[float]] = {}
     for unit, keys in units.items():
-        tau_sq = torch.zeros(len(finetuned), dtype=torch.float64)
+        device = pretrained[keys[0]].device
+        tau_sq = torch.zeros(len(finetuned), dtype=torch.float64, device=device)
         base_sq = 0.0
         for key in keys:
             vectors = stacked_task_vectors(pretrained, finetuned, key)

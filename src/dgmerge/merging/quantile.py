@@ -9,6 +9,9 @@ the selected bucket. Both passes stream tensor by tensor, so memory is O(largest
 The sampled estimate (HAM's "roughly approximated by random sampling") draws a uniform
 sample of positions, takes the sample quantile, then measures the estimate's actual error
 with one counting pass: the realised fraction of entries at or below it, versus the target.
+
+Counting runs on the chunks' device. The sample positions are drawn by a CPU generator, so a
+seed picks the same entries on every device.
 """
 
 from __future__ import annotations
@@ -70,18 +73,22 @@ def kth_smallest_magnitudes(chunks: Chunks, ks: Sequence[int]) -> list[float]:
     each call; `ks[i]` is the rank wanted for row i.
     """
     n_rows = len(ks)
-    k = torch.tensor(list(ks), dtype=torch.int64)
-    rows = torch.arange(n_rows, dtype=torch.int32).view(-1, 1)
-    counts = torch.zeros(n_rows * _HI, dtype=torch.int64)
+    counts: Tensor | None = None
     for chunk in chunks():
+        if counts is None:  # the chunks' device is known once the first one is there
+            rows = torch.arange(n_rows, dtype=torch.int32, device=chunk.device).view(-1, 1)
+            counts = torch.zeros(n_rows * _HI, dtype=torch.int64, device=chunk.device)
         hi = (_as_bits(chunk) >> 16) + rows * _HI
         counts += torch.bincount(hi.view(-1), minlength=n_rows * _HI)
+    if counts is None:
+        raise ValueError(f"ranks {list(ks)} outside 1..{[0] * n_rows}")
+    k = torch.tensor(list(ks), dtype=torch.int64, device=counts.device)
     cum = counts.view(n_rows, _HI).cumsum(1)
     if bool((k < 1).any()) or bool((k > cum[:, -1]).any()):
         raise ValueError(f"ranks {list(ks)} outside 1..{cum[:, -1].tolist()}")
     bucket, k_in = _select(cum, k)
 
-    counts = torch.zeros(n_rows * _LO, dtype=torch.int64)
+    counts = torch.zeros(n_rows * _LO, dtype=torch.int64, device=counts.device)
     wanted = bucket.to(torch.int32).view(-1, 1)
     for chunk in chunks():
         bits = _as_bits(chunk)
@@ -90,32 +97,42 @@ def kth_smallest_magnitudes(chunks: Chunks, ks: Sequence[int]) -> list[float]:
         counts += torch.bincount(lo[inside], minlength=n_rows * _LO)
     low, _ = _select(counts.view(n_rows, _LO).cumsum(1), k_in)
     bits = (bucket << 16) | low
-    return torch.tensor(bits.tolist(), dtype=torch.int32).view(torch.float32).tolist()
+    return bits.to(torch.int32).view(torch.float32).tolist()  # bucket < 2^15: fits in int32
 
 
 def _count_at_most(chunks: Chunks, values: Sequence[float]) -> list[int]:
-    limit = torch.tensor(list(values), dtype=torch.float32).view(-1, 1)
-    total = torch.zeros(len(values), dtype=torch.int64)
+    total: Tensor | None = None
     for chunk in chunks():
+        if total is None:
+            limit = torch.tensor(list(values), dtype=torch.float32, device=chunk.device).view(-1, 1)
+            total = torch.zeros(len(values), dtype=torch.int64, device=chunk.device)
         total += (chunk.to(torch.float32) <= limit).sum(dim=1)
-    return total.tolist()
+    return [0] * len(values) if total is None else total.tolist()
 
 
 def _sampled(chunks: Chunks, total: int, n_rows: int, ks: Sequence[int], sample_size: int,
              generator: torch.Generator) -> list[float]:
     size = min(sample_size, total)
     index_dtype = torch.int32 if total < 2**31 else torch.int64
-    positions = torch.randint(0, total, (size,), generator=generator, dtype=index_dtype).sort().values
-    sample = torch.empty(n_rows, size, dtype=torch.float32)  # filled in place: no concatenated copy
+    # Positions stay on the generator's device (the CPU by default): finding each chunk's share
+    # needs them as Python ints anyway; only the chunk's share of indices goes to its device.
+    positions = torch.randint(0, total, (size,), generator=generator, dtype=index_dtype,
+                              device=generator.device).sort().values
+    sample: Tensor | None = None  # filled in place: no concatenated copy
     offset = filled = 0
     for chunk in chunks():
+        if sample is None:
+            sample = torch.empty(n_rows, size, dtype=torch.float32, device=chunk.device)
         width = chunk.shape[1]
-        lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + width], dtype=index_dtype)).tolist()
+        bounds = torch.tensor([offset, offset + width], dtype=index_dtype, device=positions.device)
+        lo, hi = torch.searchsorted(positions, bounds).tolist()
         if hi > lo:
-            sample[:, filled:filled + hi - lo] = chunk[:, (positions[lo:hi] - offset).long()]
+            sample[:, filled:filled + hi - lo] = chunk[:, (positions[lo:hi] - offset).long().to(chunk.device)]
             filled += hi - lo
         offset += width
     del positions
+    if sample is None:
+        raise ValueError("no magnitudes to sample from")
     values = []
     for row, k in enumerate(ks):
         rank = min(size, max(1, round(k / total * size)))
@@ -134,7 +151,7 @@ def magnitude_thresholds(chunks: Chunks, total: int, ks: Sequence[int], method: 
         values = kth_smallest_magnitudes(chunks, ks)
         size, dkw = None, None
     elif method == "sampled":
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         values = _sampled(chunks, total, len(ks), ks, sample_size, generator)
         size = min(sample_size, total)
         dkw = math.sqrt(math.log(2 / 0.05) / (2 * size))

@@ -28,23 +28,38 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
 
     The N products G̃_i W_iᵀ dominate the cost and run in the inputs' precision (float32 for
     float32 models); the SPD solve runs in float64 by Cholesky, with a least-squares
-    fallback when the summed Gram is singular (dead inputs).
+    fallback when the summed Gram is singular (dead inputs). It all runs on the device of
+    the first weight; Grams held elsewhere are brought there.
     """
     dtype = torch.float64 if weights[0].dtype == torch.float64 else torch.float32
-    lhs = torch.zeros(grams[0].shape, dtype=dtype)
-    rhs = torch.zeros(weights[0].shape[1], weights[0].shape[0], dtype=dtype)
+    device = weights[0].device
+    lhs = torch.zeros(grams[0].shape, dtype=dtype, device=device)
+    rhs = torch.zeros(weights[0].shape[1], weights[0].shape[0], dtype=dtype, device=device)
     for weight, gram in zip(weights, grams):
-        shrunk = gram.to(dtype) * alpha  # α G off the diagonal; α G_ii + (1 − α) G_ii = G_ii on it
+        # α G off the diagonal; α G_ii + (1 − α) G_ii = G_ii on it
+        shrunk = gram.to(device=device, dtype=dtype) * alpha
         shrunk.diagonal().copy_(torch.diagonal(gram))
         lhs += shrunk
-        rhs.addmm_(shrunk, weight.to(dtype).T)
+        rhs.addmm_(shrunk, weight.to(device=device, dtype=dtype).T)
     lhs, rhs = lhs.double(), rhs.double()
     factor, info = torch.linalg.cholesky_ex(lhs)
     if int(info) == 0:
         solution = torch.cholesky_solve(rhs, factor)
     else:
-        solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
+        solution = min_norm_solve(lhs, rhs)
     return solution.T
+
+
+def min_norm_solve(lhs: Tensor, rhs: Tensor) -> Tensor:
+    """The minimum-norm least-squares solution of lhs X = rhs for a symmetric PSD, singular lhs.
+
+    On the CPU, LAPACK's SVD-based gelsd; CUDA's lstsq has only the QR driver, which needs full
+    rank, so elsewhere the pseudo-inverse, with the same cutoff (singular values below
+    eps·max(m, n) times the largest count as zero).
+    """
+    if lhs.device.type == "cpu":
+        return torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
+    return torch.linalg.pinv(lhs, hermitian=True) @ rhs
 
 
 @register("regmean", params={

@@ -67,11 +67,15 @@ def module_groups(state: StateDict, *, mlp: str = "combined",
 
 
 def pairwise_cosine_sum(vectors: Sequence[Sequence[Tensor]]) -> float:
-    """Σ_{i<j} cos(concat_k x_i^k, concat_k x_j^k) for N models' lists of tensors."""
+    """Σ_{i<j} cos(concat_k x_i^k, concat_k x_j^k) for N models' lists of tensors.
+
+    Computed on the device of the first model's first tensor; the others are brought there.
+    """
     n_models = len(vectors)
-    gram = torch.zeros(n_models, n_models, dtype=torch.float64)
+    device = vectors[0][0].device if n_models and len(vectors[0]) else torch.device("cpu")
+    gram = torch.zeros(n_models, n_models, dtype=torch.float64, device=device)
     for parts in zip(*vectors):
-        flat = torch.stack([p.reshape(-1).double() for p in parts])
+        flat = torch.stack([p.reshape(-1).to(device=device, dtype=torch.float64) for p in parts])
         gram += flat @ flat.T
     norms = gram.diagonal().sqrt()
     total = 0.0
@@ -98,7 +102,8 @@ def module_similarities(models: Sequence[StateDict], *, attention: str = "concat
         def tensors(key: str) -> list[Tensor]:
             if pretrained is None:
                 return [m[key] for m in models]
-            return [m[key].double() - pretrained[key].double() for m in models]
+            return [m[key].to(device=pretrained[key].device, dtype=torch.float64) - pretrained[key].double()
+                    for m in models]
         if attention == "separate":
             value = sum(pairwise_cosine_sum([[t] for t in tensors(k)]) for k in keys)
         else:

@@ -99,17 +99,19 @@ def collect_fisher(model: nn.Module, loader: Iterable, *, prefix: str = "", max_
     Per-example gradients (exact diagonal, one backward pass per example). labels="model"
     samples y from the model's predictive distribution (the true Fisher, Matena & Raffel);
     labels="true" uses the batch labels (the empirical Fisher). `log_probs` maps model
-    outputs to log-probabilities (default: log_softmax of the logits).
+    outputs to log-probabilities (default: log_softmax of the logits). The model runs and the
+    Fishers are accumulated and returned on `device`; sampled labels come from a CPU generator,
+    so they are the same on every device.
     """
     if labels not in ("model", "true"):
         raise ValueError(f"labels={labels!r}; use 'model' or 'true'")
     log_probs = log_probs or (lambda out: torch.log_softmax(out, dim=-1))
+    was_training = model.training
+    model.eval().to(device)
     params = {prefix + n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
     count = 0
-    was_training = model.training
-    model.eval().to(device)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(0)
     try:
         for index, batch in enumerate(loader):
             if max_batches is not None and index >= max_batches:
@@ -128,7 +130,7 @@ def collect_fisher(model: nn.Module, loader: Iterable, *, prefix: str = "", max_
                 logp[target].backward()
                 for k, p in params.items():
                     if p.grad is not None:
-                        fisher[k] += p.grad.detach().to(torch.float32).cpu() ** 2
+                        fisher[k] += p.grad.detach().to(torch.float32) ** 2
                 count += 1
     finally:
         model.zero_grad(set_to_none=True)

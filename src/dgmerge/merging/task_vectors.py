@@ -2,6 +2,9 @@
 
 Merge methods compose these tensor by tensor instead of re-writing them, and never hold more
 than one tensor's worth of task vectors (N × that tensor) at a time.
+
+A merge runs on the device of θ0's tensors: every tensor it creates is created there (never on
+the default device), and fine-tuned tensors or statistics held elsewhere are brought there.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def float_keys(state: StateDict) -> list[str]:
 
 def task_vector(pretrained: StateDict, finetuned: StateDict) -> dict[str, Tensor]:
     """τ = θ_ft − θ0 for every float tensor, in the compute dtype (materialises one model)."""
-    return {k: finetuned[k].to(compute_dtype(t)) - t.to(compute_dtype(t))
+    return {k: finetuned[k].to(device=t.device, dtype=compute_dtype(t)) - t.to(compute_dtype(t))
             for k, t in pretrained.items() if is_float(t)}
 
 
@@ -42,9 +45,9 @@ def stacked_task_vectors(pretrained: StateDict, finetuned: Sequence[StateDict], 
     base = pretrained[key]
     dtype = compute_dtype(base)
     base = base.to(dtype)
-    out = torch.empty((len(finetuned), *base.shape), dtype=dtype)
+    out = torch.empty((len(finetuned), *base.shape), dtype=dtype, device=base.device)
     for i, state in enumerate(finetuned):
-        torch.sub(state[key].to(dtype), base, out=out[i])
+        torch.sub(state[key].to(device=base.device, dtype=dtype), base, out=out[i])
     return out
 
 
@@ -90,9 +93,9 @@ def task_vector_pieces(pretrained: StateDict, finetuned: Sequence[StateDict], ke
         for start in range(0, total, piece):
             part = slice(start, min(total, start + piece))
             base_part = base[part].to(dtype)
-            out = torch.empty((len(models), part.stop - part.start), dtype=dtype)
+            out = torch.empty((len(models), part.stop - part.start), dtype=dtype, device=base.device)
             for i, model in enumerate(models):
-                torch.sub(model[part].to(dtype), base_part, out=out[i])
+                torch.sub(model[part].to(device=base.device, dtype=dtype), base_part, out=out[i])
             yield key, part, out
 
 
@@ -113,7 +116,7 @@ def merge_pieces(pretrained: StateDict, finetuned: Sequence[StateDict],
     with one_thread():
         for key, part, vectors in task_vector_pieces(pretrained, finetuned, keys):
             if current is None or current[0] != key:
-                current = (key, torch.empty(pretrained[key].numel(), dtype=vectors.dtype))
+                current = (key, torch.empty(pretrained[key].numel(), dtype=vectors.dtype, device=vectors.device))
                 outputs[key] = current[1]
             base = _flat(pretrained[key])[part].to(vectors.dtype)
             torch.add(base, combine(key, part, vectors), alpha=scale, out=current[1][part])
@@ -168,7 +171,7 @@ def disjoint_aggregate(stacked: Tensor, sign: Tensor, how: str = "mean") -> Tens
     how="sum" returns their plain sum.
     """
     agree = (stacked * sign) > 0
-    total = torch.where(agree, stacked, torch.zeros((), dtype=stacked.dtype)).sum(dim=0)
+    total = torch.where(agree, stacked, torch.zeros((), dtype=stacked.dtype, device=stacked.device)).sum(dim=0)
     if how == "sum":
         return total
     count = agree.sum(dim=0).clamp_(min=1)

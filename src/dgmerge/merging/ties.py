@@ -62,9 +62,9 @@ def ties(pretrained: StateDict, finetuned: Sequence[StateDict], *, keep: float =
         if bool(tied.any()):
             where = tied.nonzero().view(-1)
             candidates = vectors[:, where]
-            deferred.append((key, where + part.start,
-                             disjoint_aggregate(candidates, torch.ones(len(where), dtype=vectors.dtype), aggregate),
-                             disjoint_aggregate(candidates, -torch.ones(len(where), dtype=vectors.dtype), aggregate)))
+            ones = torch.ones(len(where), dtype=vectors.dtype, device=vectors.device)
+            deferred.append((key, where + part.start, disjoint_aggregate(candidates, ones, aggregate),
+                             disjoint_aggregate(candidates, -ones, aggregate)))
         return disjoint_aggregate(vectors, sign, aggregate)
 
     result = merge_pieces(pretrained, finetuned, combine, scale, info=info)

@@ -4,6 +4,10 @@ Both update incrementally (no stored history): call `update(model_or_state)` aft
 optimizer step and read the average with `state_dict()`. Float tensors are accumulated in
 float32 (float64 stays float64) so long runs in half precision do not drift; integer
 buffers follow the latest model.
+
+The accumulators live with the model's tensors by default; `device="cpu"` keeps them on the
+CPU instead (e.g. several histories beside models on a small GPU), and each update copies the
+model's tensors there.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ def beta_weight(step: int, total_steps: int, beta: float = 0.5) -> float:
 
 
 class _RunningAverage:
-    """Shared storage: float accumulators plus the latest non-float buffers."""
+    """Shared storage: float accumulators plus the latest non-float buffers.
 
-    def __init__(self) -> None:
+    device: where the accumulators live; None keeps them with the model's tensors.
+    """
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device) if device is not None else None
         self._avg: dict[str, Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}
         self.updates = 0
@@ -48,7 +56,11 @@ class _RunningAverage:
         for key, tensor in state.items():
             self._dtypes[key] = tensor.dtype
             t = tensor.detach()
-            self._avg[key] = t.to(compute_dtype(t), copy=True) if is_float(t) else t.clone()
+            if self.device is None:
+                self._avg[key] = t.to(compute_dtype(t), copy=True) if is_float(t) else t.clone()
+            else:
+                dtype = compute_dtype(t) if is_float(t) else t.dtype
+                self._avg[key] = t.to(device=self.device, dtype=dtype, copy=True)
 
     def _blend(self, state: Mapping[str, Tensor], keep: float, add: float) -> None:
         """avg ← keep·avg + add·θ for floats; latest value for the rest."""
@@ -57,13 +69,17 @@ class _RunningAverage:
         for key, tensor in state.items():
             avg = self._avg[key]
             t = tensor.detach()
+            if self.device is None and avg.device != t.device:
+                # Restored from a checkpoint loaded elsewhere: rejoin the model's tensors.
+                avg = self._avg[key] = avg.to(t.device)
             if is_float(t):
-                avg.mul_(keep).add_(t.to(avg.dtype), alpha=add)
+                avg.mul_(keep).add_(t.to(device=avg.device, dtype=avg.dtype), alpha=add)
             else:
                 avg.copy_(t)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The averaged weights in the model's own dtypes, ready for `model.load_state_dict`."""
+        """The averaged weights in the model's own dtypes, on the storage device (the model's
+        by default), ready for `model.load_state_dict`."""
         if not self._avg:
             raise MergeError("the running average has no updates yet; call update(model) first")
         return {k: v.to(self._dtypes[k], copy=True) for k, v in self._avg.items()}
@@ -75,8 +91,12 @@ class _RunningAverage:
                 "updates": self.updates, **self._counters()}
 
     def restore(self, saved: Mapping[str, Any]) -> None:
-        """Resume from `export()`."""
-        self._avg = {k: v.clone() for k, v in saved["average"].items()}
+        """Resume from `export()`; the tensors go to the storage device when one is set (else
+        they stay where they were loaded and join the model's tensors at the next update)."""
+        if self.device is None:
+            self._avg = {k: v.clone() for k, v in saved["average"].items()}
+        else:
+            self._avg = {k: v.to(device=self.device, copy=True) for k, v in saved["average"].items()}
         self._dtypes = {k: getattr(torch, v) if isinstance(v, str) else v for k, v in saved["dtypes"].items()}
         self.updates = int(saved["updates"])
         self._restore_counters(saved)
@@ -89,10 +109,13 @@ class _RunningAverage:
 
 
 class EMA(_RunningAverage):
-    """Exponential moving average: avg ← d·avg + (1 − d)·θ; the first update copies θ."""
+    """Exponential moving average: avg ← d·avg + (1 − d)·θ; the first update copies θ.
 
-    def __init__(self, decay: float = 0.999) -> None:
-        super().__init__()
+    `device`: where the average is kept (None = with the model's tensors).
+    """
+
+    def __init__(self, decay: float = 0.999, device: str | torch.device | None = None) -> None:
+        super().__init__(device)
         if not 0 <= decay < 1:
             raise MergeError(f"EMA decay={decay} must be in [0, 1)")
         self.decay = decay
@@ -113,12 +136,14 @@ class HistoricalAverage(_RunningAverage):
 
     γ_t defaults to `beta_weight(t, total_steps, beta)`; pass `weight_fn(step) -> float` to
     use another schedule (a constant gives the arithmetic mean of all visited weights).
-    `update` uses an internal step counter starting at 0 unless `step` is given.
+    `update` uses an internal step counter starting at 0 unless `step` is given. `device`: where
+    the average is kept (None = with the model's tensors).
     """
 
     def __init__(self, total_steps: int | None = None, beta: float = 0.5,
-                 weight_fn: Callable[[int], float] | None = None) -> None:
-        super().__init__()
+                 weight_fn: Callable[[int], float] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(device)
         if weight_fn is None:
             if total_steps is None or total_steps < 1:
                 raise MergeError("HistoricalAverage needs total_steps ≥ 1 (or a weight_fn)")

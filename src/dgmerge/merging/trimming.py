@@ -53,13 +53,13 @@ def tensor_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], key
             ranks = [rank_of(pretrained[key].numel())] * len(finetuned)
             values = magnitude_thresholds(magnitude_chunks(pretrained, finetuned, [key]),
                                           pretrained[key].numel(), ranks)
-            out[key] = torch.tensor([t.value for t in values], dtype=torch.float32).view(-1, 1)
+            out[key] = model_sigma(values, device=pretrained[key].device)
     return out
 
 
-def model_sigma(thresholds: Sequence[Threshold]) -> Tensor:
-    """Per-model thresholds as an [N, 1] tensor that broadcasts against [N, piece] vectors."""
-    return torch.tensor([t.value for t in thresholds], dtype=torch.float32).view(-1, 1)
+def model_sigma(thresholds: Sequence[Threshold], *, device: str | torch.device = "cpu") -> Tensor:
+    """Per-model thresholds as an [N, 1] tensor (on `device`) that broadcasts against [N, piece] vectors."""
+    return torch.tensor([t.value for t in thresholds], dtype=torch.float32, device=device).view(-1, 1)
 
 
 def magnitude_mask(vectors: Tensor, sigma: Tensor, strict: bool) -> Tensor:
@@ -84,5 +84,5 @@ def magnitude_sigmas(pretrained: StateDict, finetuned: Sequence[StateDict], keys
     if level == "model":
         thresholds = model_thresholds(pretrained, finetuned, keys, rank, threshold, sample_size, seed)
         info["thresholds"] = threshold_info(thresholds)
-        return model_sigma(thresholds), None
+        return model_sigma(thresholds, device=pretrained[keys[0]].device), None
     return None, tensor_thresholds(pretrained, finetuned, keys, rank)

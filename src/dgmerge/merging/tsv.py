@@ -60,9 +60,9 @@ def shared_basis(deltas: Tensor) -> SharedBasis | None:
     if k == 0:
         return None
     u, s, vh = thin_svd(deltas)
-    u_hat = torch.zeros(m, r, dtype=deltas.dtype)
-    s_hat = torch.zeros(r, dtype=deltas.dtype)
-    vh_hat = torch.zeros(r, n, dtype=deltas.dtype)
+    u_hat = deltas.new_zeros(m, r)
+    s_hat = deltas.new_zeros(r)
+    vh_hat = deltas.new_zeros(r, n)
     for i in range(n_tasks):
         u_hat[:, i * k:(i + 1) * k] = u[i, :, :k]
         s_hat[i * k:(i + 1) * k] = s[i, :k]
