@@ -119,7 +119,7 @@ class FallingValidation:
         self.calls = 0
         self.per_call = per_call  # HAM evaluates every source model at each evaluation step
 
-    def __call__(self, model, val_sets, batch_size):
+    def __call__(self, model, val_sets, batch_size, precision="fp32"):
         script = [0.9, 0.5, 0.4, 0.3]
         acc = script[min(self.calls // self.per_call, len(script) - 1)]
         self.calls += 1

@@ -21,6 +21,11 @@ Weights = Annotated[Path, typer.Option(help="MobileNetV2 ImageNet weights (safet
 CacheDir = Annotated[Path, typer.Option(help="Feature cache folder (shared with dgmerge run).")]
 Steps = Annotated[int | None, typer.Option(help="Override the expert training steps.")]
 Force = Annotated[bool, typer.Option("--force", help="Start afresh (clears this benchmark's outputs) instead of resuming.")]
+Device = Annotated[str | None, typer.Option("--device", help="Where to train and evaluate: auto (the first GPU if any) | cpu | cuda | cuda:N (default: the config's train.device).")]
+
+
+def _device(device: str | None) -> dict[str, str]:
+    return {"train.device": device} if device else {}
 
 
 def _prepare(out: Path, force: bool) -> None:
@@ -45,6 +50,7 @@ def register(bench_app: typer.Typer) -> None:
         seeds: Annotated[list[int] | None, typer.Option("--seed", help="Trial seed; repeat (default: the config's).")] = None,
         steps: Steps = None,
         force: Force = False,
+        device: Device = None,
     ) -> None:
         """PACS leave-one-domain-out: AvgMean, RegMean, Task Arithmetic and gating + AvgMean/RegMean for each m."""
         from dgmerge.pipeline.bench_gating import DG_CONFIG, GatingBenchOptions, run_gating_bench
@@ -52,7 +58,8 @@ def register(bench_app: typer.Typer) -> None:
         _prepare(out, force)
         try:
             run_gating_bench(GatingBenchOptions(data=data, weights=weights, out=out, cache_dir=cache_dir, config=config,
-                                                seeds=seeds, test_domains=test_domains, steps=steps), DG_CONFIG)
+                                                seeds=seeds, test_domains=test_domains, steps=steps,
+                                                overrides=_device(device)), DG_CONFIG)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
 
@@ -65,6 +72,7 @@ def register(bench_app: typer.Typer) -> None:
         cache_dir: CacheDir = _CACHE,
         steps: Steps = None,
         force: Force = False,
+        device: Device = None,
     ) -> None:
         """Multi-task merging across label spaces: PACS domains as 7-way tasks + scikit-learn digits, 2–4 at a time."""
         from dgmerge.pipeline.bench_gating import MULTITASK_CONFIG, GatingBenchOptions, run_gating_bench
@@ -72,6 +80,6 @@ def register(bench_app: typer.Typer) -> None:
         _prepare(out, force)
         try:
             run_gating_bench(GatingBenchOptions(data=data, weights=weights, out=out, cache_dir=cache_dir, config=config,
-                                                steps=steps), MULTITASK_CONFIG)
+                                                steps=steps, overrides=_device(device)), MULTITASK_CONFIG)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))

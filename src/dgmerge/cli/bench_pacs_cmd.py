@@ -32,6 +32,7 @@ def pacs_cpu(
     cells: Optional[str] = typer.Option(None, "--cells", hidden=True, help="SEED:DOMAIN,... (set by --jobs "
                                         "for its workers)."),
     force: bool = typer.Option(False, "--force", help="Discard earlier results in --out instead of resuming."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to train and evaluate: auto (the first GPU if any) | cpu | cuda | cuda:N (default: the config's train.device)."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 
@@ -52,7 +53,8 @@ def pacs_cpu(
         opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
                             test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
                             part="ablations" if ablations else "main", jobs=jobs,
-                            cells=parse_cells(cells) if cells else None)
+                            cells=parse_cells(cells) if cells else None,
+                            overrides={"train.device": device} if device else {})
         report = run_pacs_cpu(opts, log=typer.echo)
     except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)

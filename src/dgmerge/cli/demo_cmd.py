@@ -31,6 +31,7 @@ def demo(
     max_images: Optional[int] = typer.Option(None, help="Subsample each domain (real data) for a quick run."),
     trainable: str = typer.Option("last:2", help="Trainable part on real data: all | last:N | norms_biases."),
     force: bool = typer.Option(False, "--force", help="Discard earlier results in --out instead of resuming."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to train and evaluate: auto (the first GPU if any) | cpu | cuda | cuda:N (default: auto)."),
 ) -> None:
     """Run the whole pipeline end to end and print the results table.
 
@@ -55,6 +56,8 @@ def demo(
             if weights is None:
                 fail("--data needs --weights (e.g. ../shared/weights/mobilenetv2_100_imagenet_tflite.safetensors)")
             cfg = demo_lib.real_config(data, weights, out, steps or demo_lib.REAL_STEPS, seeds, test_domains, max_images, trainable)
+        if device is not None:
+            cfg.train.device = device
         table = demo_lib.run_demo(cfg, log=typer.echo)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -49,16 +49,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-min", type=float, default=30.0,
                         help="collective timeout in minutes (building a cell can take a while on rank 0)")
     parser.add_argument("--force", action="store_true", help="train even if the results already hold this cell")
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                        help="cpu, or cuda (each rank on GPU LOCAL_RANK); default: the config's train.device")
     return parser.parse_args(argv)
 
 
-def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None = None) -> torch.device:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); returns this rank's device."""
+def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None = None,
+                  device: str = "auto") -> torch.device:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); returns this rank's device.
+
+    `device` is train.device: cpu keeps every rank on the CPU (gloo); auto or cuda put rank r on
+    GPU LOCAL_RANK (nccl) when there are GPUs. A cuda:N index means nothing here: torchrun
+    assigns one GPU per rank.
+    """
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not set: start this module with torchrun "
                            "(torchrun --nproc_per_node N_SOURCES -m dgmerge.cli.distributed_ham ...)")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {device!r} but torch sees no GPU; use --device cpu")
+    backend = backend or ("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
     device = torch.device("cpu")
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -132,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seed = cfg.seeds[0] if args.seed is None else args.seed
-    device = init_from_env(args.backend, datetime.timedelta(minutes=args.timeout_min))
+    device = init_from_env(args.backend, datetime.timedelta(minutes=args.timeout_min),
+                           args.device or cfg.train.device)
+    # Everything this rank builds (θ0, caches, probe) goes to its own device, not to cuda:0.
+    cfg.train.device = str(device)
     try:
         run(cfg, args.test_domain, seed, device, force=args.force)
         # Rank 0 evaluates while the others wait here: tearing the group down under a peer

@@ -18,12 +18,15 @@ def evaluate(
                                         "(for merged state dicts written by `dgmerge merge`)."),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
     max_images: Optional[int] = typer.Option(None, help="Score only the first N images of each domain."),
+    device: str = typer.Option("auto", "--device", help="auto (the first GPU if any) | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast)."),
 ) -> None:
     """Accuracy of a saved model on every image of each domain of a dataset."""
     from dgmerge.evaluation.saved_models import score_model
 
     try:
-        scores = score_model(model, data, domains, like=like, batch_size=batch_size, max_images=max_images)
+        scores = score_model(model, data, domains, like=like, batch_size=batch_size, max_images=max_images,
+                             device=device, precision=precision)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo("| domain | images | accuracy |\n|---|---:|---:|")

@@ -16,6 +16,7 @@ def run(
                                   "pacs_mobilenetv2, clip_vitb16_openclip, gating_pacs_dg, ..."),
     overrides: list[str] = typer.Option([], "--set", help="Override a field: --set train.lr=1e-4 (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (overrides output_dir)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to train and evaluate: auto (the first GPU if any) | cpu | cuda | cuda:N (default: the config's train.device)."),
 ) -> None:
     """Run an experiment: every method of `methods:` (see `dgmerge methods`) on every cell of the config."""
     from dgmerge.pipeline.experiment import load_experiment, run_experiment
@@ -25,6 +26,8 @@ def run(
         extra = parse_overrides(overrides)
         if out is not None:
             extra["output_dir"] = str(out)
+        if device is not None:
+            extra["train.device"] = device
         cfg = load_experiment(config, extra)
         rows = run_experiment(cfg, log=typer.echo)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from dgmerge.config import BackboneConfig, architecture_only
 from dgmerge.data.imagefolder import ImageDataset, scan_domains
+from dgmerge.device import check_precision, resolve_device
 from dgmerge.files import read_meta, read_state_dict
 from dgmerge.models import load_backbone
 from dgmerge.models.accuracy import accuracy
@@ -97,9 +98,16 @@ class Relabelled(Dataset):
 
 
 def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, like: Path | None = None,
-                batch_size: int = 64, max_images: int | None = None) -> dict[str, tuple[int, float]]:
-    """Accuracy of the saved model on each domain of `data_dir`: {domain: (images, accuracy)}."""
+                batch_size: int = 64, max_images: int | None = None, device: str = "cpu",
+                precision: str = "fp32") -> dict[str, tuple[int, float]]:
+    """Accuracy of the saved model on each domain of `data_dir`: {domain: (images, accuracy)}.
+
+    The model is scored on `device` (auto | cpu | cuda | cuda:N) with forward passes in `precision`.
+    """
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
     model, meta, transform = load_model(Path(path), like)
+    model.to(torch_device)
     index = scan_domains(Path(data_dir))
     relabel = None
     if list(index.classes) != list(meta["classes"]) and set(index.classes) <= set(meta["classes"]):
@@ -119,5 +127,5 @@ def score_model(path: Path, data_dir: Path, domains: list[str] | None = None, li
         data: Dataset = ImageDataset(samples, transform)
         if relabel is not None:
             data = Relabelled(data, relabel)
-        scores[domain] = (len(samples), accuracy(model, data, batch_size, desc=f"score {domain}"))
+        scores[domain] = (len(samples), accuracy(model, data, batch_size, desc=f"score {domain}", precision=precision))
     return scores

@@ -111,8 +111,10 @@ def score(model: GatedClassifier, data: Dataset, probs: torch.Tensor, task: int,
     counts = {"manual": 0, "auto": 0, "routed": 0}
     total = 0
     own = model.task_classes[task]
+    device = next(model.parameters()).device
     for start, (x, y) in zip(range(0, len(probs), batch_size), DataLoader(data, batch_size=batch_size)):
-        p = probs[start:start + len(x)]
+        x, y = x.to(device), torch.as_tensor(y).to(device)
+        p = probs[start:start + len(x)].to(device)
         feats = model.features(x, p)
         counts["manual"] += int((model.heads[task](feats).argmax(dim=1) == y).sum())
         chosen = p.argmax(dim=1)

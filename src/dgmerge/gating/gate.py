@@ -110,10 +110,11 @@ def train_gate(gate: Gate, task_sets: Sequence[Dataset], *, steps: int = 150, ba
     start = time.perf_counter()
     result = GateResult()
     gate.train()
+    device = params[0].device if params else torch.device("cpu")
     for step in range(1, steps + 1):
         batches = [next(s) for s in streams]
-        inputs = torch.cat([b[0] for b in batches])
-        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
+        inputs = torch.cat([b[0] for b in batches]).to(device)
+        labels = torch.cat([torch.as_tensor(b[1]) for b in batches]).to(device)
         loss = F.cross_entropy(gate(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,5 +131,6 @@ def train_gate(gate: Gate, task_sets: Sequence[Dataset], *, steps: int = 150, ba
 def gate_probs(gate: Gate, data: Dataset, batch_size: int) -> torch.Tensor:
     """P(x) = softmax(G(x)) for every item of `data`, (n, N)."""
     gate.eval()
-    out = [torch.softmax(gate(x), dim=-1) for x, _ in DataLoader(data, batch_size=batch_size)]
+    device = next(gate.parameters()).device
+    out = [torch.softmax(gate(x.to(device)), dim=-1) for x, _ in DataLoader(data, batch_size=batch_size)]
     return torch.cat(out)

@@ -146,12 +146,12 @@ class GatedClassifier(nn.Module):
         if self.head_choice is None:
             chosen = probs.argmax(dim=-1)
         else:
-            chosen = torch.full((len(feats),), self.head_choice, dtype=torch.long)
+            chosen = torch.full((len(feats),), self.head_choice, dtype=torch.long, device=feats.device)
         out = feats.new_full((len(feats), len(self.classes)), float("-inf"))
         for task, head in enumerate(self.heads):
             rows = (chosen == task).nonzero().flatten()
             if len(rows):
-                out[rows.unsqueeze(1), self._index[task].unsqueeze(0)] = head(feats[rows])
+                out[rows.unsqueeze(1), self._index[task].to(feats.device).unsqueeze(0)] = head(feats[rows])
         return out
 
     def features(self, start: Tensor, probs: Tensor) -> Tensor:

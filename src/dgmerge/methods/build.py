@@ -19,6 +19,7 @@ from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset
 from dgmerge.data.leak_guard import refuse_test_samples
 from dgmerge.data.transforms import train_transform
+from dgmerge.device import resolve_device
 from dgmerge.methods.cell import Cell
 from dgmerge.models import load_backbone
 from dgmerge.models.backbone import Backbone
@@ -36,6 +37,9 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
     envs.check_no_leak()
     torch.manual_seed(seed)
     backbone = load_backbone(cfg.backbone)
+    # The encoder builds the caches and the probe's features where it will train.
+    device = resolve_device(cfg.train.device)
+    backbone.encoder.to(device)
     eval_tf = backbone.preprocessing()
     train_tf = train_transform(backbone.image_size, backbone.mean, backbone.std) if cfg.data.train_augment else eval_tf
     mode = cfg.data.on_bad_image
@@ -61,7 +65,7 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
         test_set = cached[test_domain].select(envs.test_samples(cfg.data.test_split))
     test_paths = frozenset(os.path.abspath(path) for path, _ in index.samples[test_domain])
     head = frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut, test_paths)
-    theta0 = Classifier(backbone.encoder, head)
+    theta0 = Classifier(backbone.encoder, head).to(device)
     theta0.cut = cut
     return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key,
                 test_paths=test_paths)

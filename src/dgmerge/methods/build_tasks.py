@@ -23,6 +23,7 @@ from dgmerge.data.imagefolder import DomainIndex, ImageDataset
 from dgmerge.data.splits import seed_hash, split_in_out
 from dgmerge.methods.build import cut_for, probe_head
 from dgmerge.methods.cell import Cell
+from dgmerge.device import resolve_device
 from dgmerge.models import load_backbone
 from dgmerge.models.backbone import Backbone
 from dgmerge.models.classifier import Classifier
@@ -49,6 +50,8 @@ def build_task_cell(cfg: ExperimentConfig, index: DomainIndex, combo: list[str],
     assert cfg.tasks is not None
     torch.manual_seed(seed)
     backbone = load_backbone(cfg.backbone)
+    device = resolve_device(cfg.train.device)
+    backbone.encoder.to(device)
     cut = cut_for(cfg, backbone) if cfg.train.feature_cache != "off" else None
     train_sets: dict[str, Dataset] = {}
     test_sets: dict[str, Dataset] = {}
@@ -60,7 +63,8 @@ def build_task_cell(cfg: ExperimentConfig, index: DomainIndex, combo: list[str],
         train_sets[task] = _rows(data, in_idx)
         test_sets[task] = _rows(data, _capped(out_idx, cfg.tasks.max_test, seed))
         heads[task] = probe_head(backbone, cut, train_sets[task], len(classes[task]), cfg, seed)
-    theta0 = Classifier(backbone.encoder, heads[combo[0]])
+    theta0 = Classifier(backbone.encoder, heads[combo[0]]).to(device)
+    heads = {task: head.to(device) for task, head in heads.items()}
     theta0.cut = cut
     first = test_sets[combo[0]]
     return Cell(cfg, index, None, seed, combo_name(combo), backbone, theta0, train_sets, {}, first, key,

@@ -114,8 +114,9 @@ class Cell:
         self.guard(self.val_sets, "model selection")
         model = self.trainable_copy(source)
         name = desc.replace(" ", "_")
-        result = fine_tune(model, train_sets, self.val_sets, self.cfg.train, self.seed, desc=desc,
-                           checkpoint=self.checkpointer(name))
+        result = fine_tune(model, train_sets, self.val_sets, self.cfg.train, self.seed, desc=self.desc(desc),
+                           checkpoint=self.checkpointer(name), num_workers=self.cfg.data.num_workers,
+                           log_dir=self.tensorboard_dir(name))
         model.load_state_dict(result.best_state)
         save_history(self.logs_dir / f"{name}.csv", result.history)
         return model, result
@@ -136,11 +137,20 @@ class Cell:
         self.guard(self.train_sets, "HAM's training")
         self.guard(self.val_sets, "HAM's model selection")
         theta = self.trainable_copy()
-        result = train_ham(theta, self.train_sets, self.val_sets, self.cfg.train, ham_cfg, self.seed, desc=name,
-                           checkpoint=self.checkpointer(name))
+        result = train_ham(theta, self.train_sets, self.val_sets, self.cfg.train, ham_cfg, self.seed,
+                           desc=self.desc(name), checkpoint=self.checkpointer(name),
+                           num_workers=self.cfg.data.num_workers, log_dir=self.tensorboard_dir(name))
         save_history(self.logs_dir / f"{name}.csv", result.history)
         self.ham_runs.append((ham_cfg, result))
         return result
+
+    def desc(self, name: str) -> str:
+        """A training run's name in progress lines: which cell it belongs to, and what it trains."""
+        return f"seed {self.seed} / {self.test_domain} / {name}"
+
+    def tensorboard_dir(self, name: str) -> Path:
+        """Where run `name` writes TensorBoard scalars (when tensorboard is installed)."""
+        return self.cfg.output_dir / "tensorboard" / f"seed{self.seed}" / self.test_domain / name.replace(" ", "_")
 
     def guard(self, datasets: dict[str, Dataset], purpose: str) -> None:
         """Refuse (DataLeakError) if any of `datasets` serves a test-domain image; `purpose` names the use."""
@@ -181,16 +191,16 @@ class Cell:
                group: str | None = None, result: TrainResult | None = None,
                hparams: dict[str, Any] | None = None, task: str | None = None) -> Row:
         """Score `model` on source validation and the test domain (or `task`'s test set), append its row, save it."""
-        batch = self.cfg.train.eval_batch_size
+        batch, precision = self.cfg.train.eval_batch_size, self.cfg.train.precision
         if result is not None and result.history and "val_acc" in result.history[-1]:
             val_acc = result.best_val_acc
         elif self.val_sets:
-            val_acc = statistics.fmean(accuracy(model, data, batch, desc=f"val {d}")
+            val_acc = statistics.fmean(accuracy(model, data, batch, desc=f"val {d}", precision=precision)
                                        for d, data in self.val_sets.items())
         else:
             val_acc = float("nan")
         test_set = self.test_sets[task] if task is not None else self.test_set
-        test_acc = accuracy(model, test_set, batch, desc=f"test {task or self.test_domain}")
+        test_acc = accuracy(model, test_set, batch, desc=f"test {task or self.test_domain}", precision=precision)
         if task is not None:
             extra = {**extra, "task": task}
         row = make_row(**self.row_ids(method, hparams), test_acc=test_acc, val_acc=val_acc,

@@ -80,7 +80,7 @@ def run_from(encoder: nn.Module, cut: Cut, activations: torch.Tensor) -> torch.T
 
     handle = block.register_forward_pre_hook(inject)
     # Only the frozen prefix sees the dummy image; the hook discards what it computes.
-    dummy = torch.zeros(1, 3, cut.image_size, cut.image_size, dtype=activations.dtype)
+    dummy = torch.zeros(1, 3, cut.image_size, cut.image_size, dtype=activations.dtype, device=activations.device)
     try:
         return encoder(dummy)
     finally:

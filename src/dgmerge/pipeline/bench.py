@@ -156,6 +156,7 @@ def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: L
                 "--weights", str(cfg.backbone.checkpoint), "--cache-dir", str(cfg.train.feature_cache_dir),
                 "--cells", format_cells(share)]
         args += ["--steps", str(opts.steps)] if opts.steps else []
+        args += ["--device", cfg.train.device]
         args += ["--ablations"] if opts.part == "ablations" else []
         return args + (["--quick"] if opts.quick else [])
 

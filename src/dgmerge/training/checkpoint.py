@@ -34,6 +34,9 @@ class Checkpointer:
     def save(self, payload: dict[str, Any]) -> None:
         assert self.path is not None
         payload = {**payload, "rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            # GPU-side randomness (dropout on CUDA) has its own generator per device.
+            payload["cuda_rng"] = torch.cuda.get_rng_state_all()
         with atomic_write(self.path) as temp:
             torch.save(payload, temp)
 
@@ -41,10 +44,15 @@ class Checkpointer:
         if not self.enabled or not self.path.is_file():  # type: ignore[union-attr]
             return None
         try:
-            payload = torch.load(self.path, weights_only=True)
+            # Onto the CPU: the loops move what they restore to their own device, so a run
+            # saved on one GPU (or on the CPU) resumes on another.
+            payload = torch.load(self.path, weights_only=True, map_location="cpu")
         except Exception as exc:  # a truncated or foreign file: say which, do not guess
             raise ValueError(f"cannot resume from {self.path}: {exc}; delete it to start this run afresh") from exc
         torch.set_rng_state(payload["rng"])
+        if payload.get("cuda_rng") is not None and torch.cuda.is_available():
+            if len(payload["cuda_rng"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(payload["cuda_rng"])
         return payload
 
     def finish(self) -> None:

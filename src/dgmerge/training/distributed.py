@@ -121,6 +121,8 @@ def _merge_histories(histories: list[list[dict[str, Any]]], sources: Sequence[st
         for part in records:
             record.update(part)
         record["sign_conflict"] = statistics.fmean(record[f"sign_conflict/{s}"] for s in sources)
+        record["loss"] = statistics.fmean(record[f"loss/{s}"] for s in sources)
+        record["borrowed"] = sum(record[f"borrowed/{s}"] for s in sources)
         merged.append(record)
     return merged
 

@@ -70,9 +70,11 @@ def cached_activations(encoder: torch.nn.Module, cut: Cut, dataset: Dataset, *, 
     was_training = encoder.training
     encoder.eval()
     chunks, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    device = next(encoder.parameters(), torch.empty(0, device="cpu")).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     for images, targets in progress(loader, desc=desc, total=len(loader)):
-        chunks.append(capture(encoder, cut, images).to(torch_dtype))
+        # The prefix runs on the encoder's device; the cache itself lives in host memory.
+        chunks.append(capture(encoder, cut, images.to(device, non_blocking=True)).to(torch_dtype).cpu())
         labels.append(torch.as_tensor(targets))
     encoder.train(was_training)
     activations, label_tensor = torch.cat(chunks), torch.cat(labels)

@@ -12,6 +12,7 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,11 +20,13 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from dgmerge.config import TrainConfig
+from dgmerge.device import autocast, check_precision, grad_scaler, resolve_device, to_device
 from dgmerge.models.accuracy import accuracy
 from dgmerge.models.classifier import Classifier
-from dgmerge.progress import progress
+from dgmerge.progress import progress_steps
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.checkpoint import NO_CHECKPOINT, Checkpointer
+from dgmerge.training.scalars import open_scalar_log
 
 SELECTION_RULE = "training-domain validation: best mean source out-split accuracy over checkpoints"
 
@@ -44,20 +47,33 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def validation_accuracy(model: Classifier, val_sets: dict[str, Dataset], batch_size: int) -> dict[str, float]:
-    """Accuracy on each training domain's out-split (the model-selection data)."""
-    return {name: accuracy(model, data, batch_size, desc=f"val {name}") for name, data in val_sets.items()}
+def validation_accuracy(model: Classifier, val_sets: dict[str, Dataset], batch_size: int,
+                        precision: str = "fp32") -> dict[str, float]:
+    """Accuracy on each training domain's out-split (the model-selection data), on the model's device."""
+    return {name: accuracy(model, data, batch_size, desc=f"val {name}", precision=precision)
+            for name, data in val_sets.items()}
+
+
+def to_batch(batches: list[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated images and labels of per-domain batches, on `device` (async from pinned memory)."""
+    images = torch.cat([b[0] for b in batches]).to(device, non_blocking=True)
+    labels = torch.cat([torch.as_tensor(b[1]) for b in batches]).to(device, non_blocking=True)
+    return images, labels
 
 
 def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[str, Dataset],
               cfg: TrainConfig, seed: int, desc: str = "fine-tune",
-              checkpoint: Checkpointer = NO_CHECKPOINT) -> TrainResult:
+              checkpoint: Checkpointer = NO_CHECKPOINT, num_workers: int = 0,
+              log_dir: Path | None = None) -> TrainResult:
     """Train `model` in place on `train_sets` and return its best and final weights.
 
     `model` must already have its trainable parameters chosen (see set_trainable).
     Per-domain training losses are logged at every step for loss-curve figures. With a
     `checkpoint`, the run saves itself every few steps and resumes from the last save, ending
-    with the same weights as an uninterrupted run.
+    with the same weights as an uninterrupted run. The model moves to `cfg.device` and trains
+    there with forward passes in `cfg.precision` (fp32 master weights and AdamW states); the
+    returned states live on that device. `num_workers` loads batches in background processes;
+    with `log_dir`, TensorBoard scalars go there (when tensorboard is installed).
     """
     if not train_sets:
         raise ValueError("fine_tune needs at least one training domain")
@@ -65,10 +81,15 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
     if not params:
         raise ValueError("no trainable parameters: check the `trainable` setting")
     start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
+    model.to(device)
     torch.manual_seed(seed)
-    streams = {name: BatchStream(data, cfg.batch_size, seed=seed * 1000 + i)
+    streams = {name: BatchStream(data, cfg.batch_size, seed=seed * 1000 + i, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda")
                for i, (name, data) in enumerate(train_sets.items())}
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.precision)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
 
     history: list[dict[str, Any]] = []
@@ -79,20 +100,27 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         for name, stream in streams.items():
             stream.load_state_dict(saved["streams"][name])
-        best_state, best_step, best_acc = saved["best_state"], saved["best_step"], saved["best_acc"]
+        best_state, best_step, best_acc = to_device(saved["best_state"], device), saved["best_step"], saved["best_acc"]
         history, first_step = saved["history"], saved["step"] + 1
     model.train()
-    for step in progress(range(first_step, cfg.steps + 1), desc=desc, total=cfg.steps - first_step + 1):
+    scalars = open_scalar_log(log_dir)
+    steps = progress_steps(range(first_step, cfg.steps + 1), desc=desc, total=cfg.steps, every_s=cfg.log_every_s)
+    for step in steps:
         batches = [next(stream) for stream in streams.values()]
-        images = torch.cat([b[0] for b in batches])
-        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
-        per_sample = F.cross_entropy(model(images), labels, reduction="none")
+        images, labels = to_batch(batches, device)
+        with autocast(device, cfg.precision):
+            logits = model(images)
+        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # A disabled scaler (fp32, bf16) passes the loss and the step through unchanged.
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
 
         record: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
@@ -101,7 +129,7 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
             record[f"loss/{name}"] = per_sample[offset:offset + len(batch_images)].mean().item()
             offset += len(batch_images)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = validation_accuracy(model, val_sets, cfg.eval_batch_size)
+            val = validation_accuracy(model, val_sets, cfg.eval_batch_size, cfg.precision)
             record.update({f"val/{k}": v for k, v in val.items()})
             record["val_acc"] = statistics.fmean(val.values()) if val else float("nan")
             # Ties go to the later checkpoint: it has seen more data at equal validation skill.
@@ -109,14 +137,19 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
                 best_state, best_step, best_acc = _clone_state(model), step, record["val_acc"]
             model.train()
         history.append(record)
+        steps.update(images=len(labels), loss=record["loss"])
+        scalars.write(step, record)
         if checkpoint.due(step, cfg.steps):
             checkpoint.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                              "streams": {name: stream.state_dict() for name, stream in streams.items()},
                              "best_state": best_state, "best_step": best_step, "best_acc": best_acc,
                              "history": history})
 
     checkpoint.finish()
+    scalars.close()
+    for stream in streams.values():
+        stream.close()
     return TrainResult(best_state=best_state, final_state=_clone_state(model), best_step=best_step,
                        best_val_acc=best_acc, history=history, wall_time_s=time.perf_counter() - start)
 

@@ -25,6 +25,7 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -33,14 +34,16 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from dgmerge.config import HamConfig, TrainConfig
+from dgmerge.device import autocast, check_precision, grad_scaler, resolve_device, to_device
 from dgmerge.merging import EMA, HistoricalAverage, MergedState
 from dgmerge.merging.scope import merge_subset
 from dgmerge.models.classifier import Classifier
-from dgmerge.progress import progress
+from dgmerge.progress import progress_steps
 from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.checkpoint import NO_CHECKPOINT, Checkpointer
 from dgmerge.training.finetune import validation_accuracy
+from dgmerge.training.scalars import open_scalar_log
 from dgmerge.training.sae import max_confidence, select_confident
 
 StateDict = dict[str, Tensor]
@@ -93,8 +96,14 @@ class _Source:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     average: HistoricalAverage | EMA | None
     best_state: StateDict
+    scaler: torch.amp.GradScaler
+    precision: str = "fp32"
     best_step: int = 0
     best_acc: float = -1.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
 
 
 def _clone_state(model: nn.Module) -> StateDict:
@@ -119,22 +128,30 @@ def _source_models(models_or_theta0: Classifier | Sequence[Classifier], sources:
     return models
 
 
-def _average(ham_cfg: HamConfig, total_steps: int) -> HistoricalAverage | EMA | None:
+def _average(ham_cfg: HamConfig, train_cfg: TrainConfig) -> HistoricalAverage | EMA | None:
+    # "cpu" keeps the N_S running averages off a small GPU; "same" keeps them with the models.
+    device = "cpu" if train_cfg.history_device == "cpu" else None
     if ham_cfg.historical == "beta":
-        return HistoricalAverage(total_steps=total_steps, beta=ham_cfg.beta)
+        return HistoricalAverage(total_steps=train_cfg.steps, beta=ham_cfg.beta, device=device)
     if ham_cfg.historical == "ema":
-        return EMA(decay=ham_cfg.ema_decay)
+        return EMA(decay=ham_cfg.ema_decay, device=device)
     return None
 
 
 def new_source_run(name: str, model: Classifier, names: list[str], train_cfg: TrainConfig,
                    ham_cfg: HamConfig) -> _Source:
-    """One source's model with its AdamW, cosine schedule, running average and best checkpoint."""
+    """One source's model with its AdamW, cosine schedule, running average and best checkpoint.
+
+    The model must already be on its training device; the fp16 loss scaler is per model, as
+    each model takes its own optimizer steps.
+    """
     params = list(_trainable_state(model, names).values())
     optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.steps)
-    run = _Source(name, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg.steps),
-                  best_state=_clone_state(model))
+    device = params[0].device
+    run = _Source(name, model, params, optimizer, scheduler, _average(ham_cfg, train_cfg),
+                  best_state=_clone_state(model), scaler=grad_scaler(device, train_cfg.precision),
+                  precision=train_cfg.precision)
     if run.average is not None:
         # θ0 is the trajectory's first point (t = 0), as in CLIPood's GeneralMovingAverage.
         run.average.update(_trainable_state(model, names))
@@ -151,14 +168,18 @@ def _with_average(model: nn.Module, average: HistoricalAverage | EMA) -> StateDi
     """The live model's state with its trainable tensors replaced by their running average.
 
     Only trainable tensors are averaged: frozen tensors stay bit-identical to θ0 (averaging a
-    constant in float can move it by an ulp, which a merge would read as an update).
+    constant in float can move it by an ulp, which a merge would read as an update). Averages
+    kept on the CPU come back to the model's device, so the merge sees one device.
     """
-    return {**_clone_state(model), **average.state_dict()}
+    live = _clone_state(model)
+    device = next(iter(live.values())).device if live else torch.device("cpu")
+    return {**live, **to_device(average.state_dict(), device)}
 
 
 def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: dict[str, Dataset],
               val_sets: dict[str, Dataset], train_cfg: TrainConfig, ham_cfg: HamConfig, seed: int,
-              desc: str = "ham", checkpoint: Checkpointer = NO_CHECKPOINT) -> HamResult:
+              desc: str = "ham", checkpoint: Checkpointer = NO_CHECKPOINT, num_workers: int = 0,
+              log_dir: Path | None = None) -> HamResult:
     """Train one model per source domain in lockstep with HAM and merge them.
 
     `models_or_theta0`: θ0 (a Classifier with its trainable parameters chosen, see
@@ -167,7 +188,9 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     out-splits: each model's best checkpoint is the one with the best mean accuracy over all of
     them (DomainBed training-domain validation, as fine_tune). The target domain must not be in
     either dict. Same seed → identical weights. With a `checkpoint`, the run saves itself every
-    few steps and resumes from the last save with the same final weights.
+    few steps and resumes from the last save with the same final weights. Models, batches, v̄,
+    SAE's scores, the averages (unless train_cfg.history_device is cpu) and the merge live on
+    `train_cfg.device`; forward passes run in `train_cfg.precision`.
     """
     sources = list(train_sets)
     if not sources:
@@ -177,7 +200,9 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
         # Model selection may only see source out-splits: anything else is a target leak.
         raise ValueError(f"validation domain(s) {', '.join(strangers)} are not sources ({', '.join(sources)})")
     start = time.perf_counter()
-    models = _source_models(models_or_theta0, sources)
+    device = resolve_device(train_cfg.device)
+    check_precision(train_cfg.precision, device)
+    models = [model.to(device) for model in _source_models(models_or_theta0, sources)]
     names = [n for n, p in models[0].named_parameters() if p.requires_grad]
     if not names:
         raise ValueError("no trainable parameters: check the `trainable` setting")
@@ -185,7 +210,8 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     theta0_params = [theta0_state[n] for n in names]
 
     torch.manual_seed(seed)
-    streams = {name: BatchStream(data, train_cfg.batch_size, seed=stream_seed(seed, j, ham_cfg.batch_seeds))
+    streams = {name: BatchStream(data, train_cfg.batch_size, seed=stream_seed(seed, j, ham_cfg.batch_seeds),
+                                 num_workers=num_workers, pin_memory=device.type == "cuda")
                for j, (name, data) in enumerate(train_sets.items())}
     runs = [new_source_run(name, model, names, train_cfg, ham_cfg) for name, model in zip(sources, models)]
 
@@ -195,8 +221,11 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     if saved is not None:
         _restore(runs, streams, saved)
         history, first_step = saved["history"], saved["step"] + 1
-    for step in progress(range(first_step, train_cfg.steps + 1), desc=desc, total=train_cfg.steps - first_step + 1):
-        batches = {name: _as_batch(next(stream)) for name, stream in streams.items()}
+    scalars = open_scalar_log(log_dir)
+    steps = progress_steps(range(first_step, train_cfg.steps + 1), desc=desc, total=train_cfg.steps,
+                           every_s=train_cfg.log_every_s)
+    for step in steps:
+        batches = {name: _as_batch(next(stream), device) for name, stream in streams.items()}
         record: dict[str, Any] = {"step": step}
         # v̄ from every model's weights before any of them moves in this step.
         mean, conflicts = opa.mean_update_and_conflicts([run.params for run in runs], theta0_params)
@@ -214,10 +243,17 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
             for run in runs:
                 record.update(_evaluate(run, val_sets, train_cfg.eval_batch_size, step))
         history.append(record)
+        record["loss"] = statistics.fmean(record[f"loss/{run.name}"] for run in runs)
+        record["borrowed"] = sum(record[f"borrowed/{run.name}"] for run in runs)
+        steps.update(images=sum(len(b[1]) for b in batches.values()), loss=record["loss"])
+        scalars.write(step, record)
         if checkpoint.due(step, train_cfg.steps):
             checkpoint.save({"step": step, "history": history, "runs": [_export(run) for run in runs],
                              "streams": {name: stream.state_dict() for name, stream in streams.items()}})
     checkpoint.finish()
+    scalars.close()
+    for stream in streams.values():
+        stream.close()
 
     historical = ({run.name: _with_average(run.model, run.average) for run in runs}
                   if ham_cfg.historical != "none" else None)
@@ -253,7 +289,8 @@ def merge_trained(result: HamResult, theta0_state: StateDict, ham_cfg: HamConfig
 
 def _export(run: _Source) -> dict[str, Any]:
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "best_state": run.best_state, "best_step": run.best_step,
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "best_state": run.best_state, "best_step": run.best_step,
             "best_acc": run.best_acc, "average": run.average.export() if run.average is not None else None}
 
 
@@ -262,7 +299,11 @@ def _restore(runs: list[_Source], streams: dict[str, BatchStream], saved: dict[s
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
-        run.best_state, run.best_step, run.best_acc = state["best_state"], state["best_step"], state["best_acc"]
+        if state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        # A checkpoint loads onto the CPU; the best state rejoins its model's device.
+        run.best_state = to_device(state["best_state"], run.device)
+        run.best_step, run.best_acc = state["best_step"], state["best_acc"]
         if run.average is not None:
             run.average.restore(state["average"])
     for name, stream in streams.items():
@@ -281,8 +322,11 @@ def merge_sources(theta0_state: StateDict, states: Sequence[StateDict], trainabl
     return merged
 
 
-def _as_batch(batch: Sequence[Any]) -> Batch:
-    return batch[0], torch.as_tensor(batch[1])
+def _as_batch(batch: Sequence[Any], device: torch.device | None = None) -> Batch:
+    images, labels = batch[0], torch.as_tensor(batch[1])
+    if device is None:
+        return images, labels
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Tensor], mean: list[Tensor],
@@ -290,15 +334,18 @@ def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Te
     """One optimizer step of source `run.name`; returns its log entries."""
     name, model = run.name, run.model
     images, labels = batches[name]
-    logits = model(images)
+    device = run.device
+    with autocast(device, run.precision):
+        logits = model(images)
+    logits = logits.float()
     per_sample = F.cross_entropy(logits, labels, reduction="none")
     # τ_i comes from the logits of the gradient forward: no second pass over B_i.
     own_confidence = max_confidence(logits)
     foreign = {j: b for j, b in batches.items() if j != name}
     counts = {j: 0 for j in foreign}
     if ham_cfg.sae and step > ham_cfg.sae_warmup_steps and foreign:
-        with torch.no_grad():
-            confidence = max_confidence(model(torch.cat([b[0] for b in foreign.values()])))
+        with torch.no_grad(), autocast(device, run.precision):
+            confidence = max_confidence(model(torch.cat([b[0] for b in foreign.values()])).float())
         sizes = [len(b[1]) for b in foreign.values()]
         selection = select_confident(own_confidence, dict(zip(foreign, confidence.split(sizes))),
                                      margin=ham_cfg.sae_margin if ham_cfg.sae_rule == "margin" else 0.0,
@@ -308,7 +355,9 @@ def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Te
             # Only the borrowed samples go through a second (gradient) forward.
             borrowed_x = torch.cat([foreign[j][0][idx] for j, idx in selection.indices.items()])
             borrowed_y = torch.cat([foreign[j][1][idx] for j, idx in selection.indices.items()])
-            extra = F.cross_entropy(model(borrowed_x), borrowed_y, reduction="none")
+            with autocast(device, run.precision):
+                borrowed_logits = model(borrowed_x)
+            extra = F.cross_entropy(borrowed_logits.float(), borrowed_y, reduction="none")
             per_sample = torch.cat([per_sample, extra])
     loss_ce = per_sample.mean()
     loss = loss_ce
@@ -318,8 +367,10 @@ def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Te
         loss = loss_ce + ham_cfg.opa_weight * sign
         loss_sign = sign.item()
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    # A disabled scaler (fp32, bf16) passes the loss and the step through unchanged.
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
     run.scheduler.step()
 
     record: dict[str, Any] = {f"loss/{name}": loss.item(), f"loss_ce/{name}": loss_ce.item(),
@@ -331,7 +382,7 @@ def _source_step(run: _Source, batches: dict[str, Batch], theta0_params: list[Te
 
 def _evaluate(run: _Source, val_sets: dict[str, Dataset], batch_size: int, step: int) -> dict[str, Any]:
     """Validation accuracy of one source model; keeps its best checkpoint (ties → later step)."""
-    val = validation_accuracy(run.model, val_sets, batch_size)
+    val = validation_accuracy(run.model, val_sets, batch_size, run.precision)
     acc = statistics.fmean(val.values()) if val else float("nan")
     if not val or acc >= run.best_acc:
         run.best_state, run.best_step, run.best_acc = _clone_state(run.model), step, acc

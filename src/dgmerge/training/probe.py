@@ -18,13 +18,15 @@ from dgmerge.progress import progress
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 128,
                      num_workers: int = 0, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder features and labels of every item of `dataset`, in order."""
+    """Encoder features (on the encoder's device) and labels of every item of `dataset`, in order."""
     was_training = encoder.training
     encoder.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    device = next(encoder.parameters(), torch.empty(0, device="cpu")).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     feats, labels = [], []
     for images, targets in progress(loader, desc=desc, total=len(loader)):
-        feats.append(encoder(images).float())
+        feats.append(encoder(images.to(device, non_blocking=True)).float())
         labels.append(torch.as_tensor(targets))
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
@@ -32,7 +34,11 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 128
 
 def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      cfg: ProbeConfig, seed: int) -> nn.Linear:
-    """Train a linear classifier on fixed features with AdamW; returns the fitted layer."""
+    """Train a linear classifier on fixed features with AdamW; returns the fitted layer.
+
+    It trains on the features' device; the seeded initialisation is drawn on the CPU first, so
+    the head depends on `seed` alone whatever the device.
+    """
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} do not match")
     generator = torch.Generator().manual_seed(seed)
@@ -42,6 +48,8 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         bound = 1.0 / features.shape[1] ** 0.5
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.zero_()
+    head.to(features.device)
+    labels = labels.to(features.device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(features) // cfg.batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
