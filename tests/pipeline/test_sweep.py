@@ -44,6 +44,20 @@ def test_selection_uses_validation_never_test():
     assert chosen == {"erm": "b", "mean": "c"}
 
 
+def test_tuning_points_compete_with_their_method_and_the_winner_is_named():
+    base = {"dataset": "D", "test_domain": "t", "seed": 0}
+    rows = [
+        {**base, "method": "ham", "val_acc": 0.70, "test_acc": 0.9, "job": "a"},
+        {**base, "method": "ham:r0.4", "tuning_of": "ham", "val_acc": 0.75, "test_acc": 0.2, "job": "a"},
+        {**base, "method": "ham", "val_acc": 0.72, "test_acc": 0.8, "job": "b"},
+        {**base, "method": "ham:no_sae", "val_acc": 0.99, "test_acc": 0.5, "job": "a"},  # an ablation: its own row
+    ]
+    chosen = {r["method"]: r for r in select_by_validation(rows)}
+    assert set(chosen) == {"ham", "ham:no_sae"}
+    assert chosen["ham"]["selected_variant"] == "ham:r0.4" and chosen["ham"]["test_acc"] == 0.2
+    assert rows[1]["method"] == "ham:r0.4"  # the input rows are left as they were
+
+
 def test_sweep_runs_jobs_once_and_reports(tmp_path):
     root = tmp_path / "data"
     generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=4, seed=0)

@@ -146,3 +146,25 @@ def test_cuda_resume_from_a_checkpoint_saved_on_the_gpu(tmp_path):
     resumed = train_ham(copy.deepcopy(theta0()), TRAIN, VAL, half, HAM, seed=0, checkpoint=Checkpointer(path, 4))
     for key, value in full.merged_state.items():
         torch.testing.assert_close(resumed.merged_state[key], value)
+
+
+def test_both_loops_write_the_promised_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_ham(theta0(), TRAIN, VAL, CFG, HAM, seed=0, log_dir=tmp_path / "ham")
+    fine_tune(theta0(), TRAIN, VAL, CFG, seed=0, log_dir=tmp_path / "erm")
+    ham = EventAccumulator(str(tmp_path / "ham")).Reload().Tags()["scalars"]
+    erm = EventAccumulator(str(tmp_path / "erm")).Reload().Tags()["scalars"]
+    assert {"loss", "lr", "borrowed", "sign_conflict", "val_acc/a", "borrowed/b"} <= set(ham)
+    assert {"loss", "lr", "val_acc", "loss/a"} <= set(erm)
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "ham")).Reload().Scalars("loss")]
+    assert steps == list(range(1, CFG.steps + 1))
+
+
+def test_progress_lines_come_from_the_training_loop_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    monkeypatch.delenv("DGMERGE_QUIET", raising=False)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    train_ham(theta0(), TRAIN, VAL, CFG.model_copy(update={"log_every_s": 0.0}), HAM, seed=0, desc="ham test")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ham test: step")]
+    assert len(lines) == CFG.steps and "loss" in lines[-1] and "images/s" in lines[0]

@@ -15,7 +15,7 @@ def report(
     results: Path = typer.Argument(..., help="A results.jsonl file, a run directory, or a sweep directory."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV here."),
     metric: str = typer.Option("test_acc", help="Row field to tabulate (test_acc or val_acc)."),
-    select: str = typer.Option("val", help="Sweeps: 'val' keeps, per test domain, seed and method, the "
+    select: str = typer.Option("val", help="Sweeps and HAM's tuning points: 'val' keeps, per test domain, seed and method, the "
                                "hyperparameters with the best source-validation accuracy; 'none' keeps all."),
     figures: bool = typer.Option(False, "--figures", help="Also write the figures of the run directory "
                                  "(of every job, for a sweep) into its figures/ folder, as `dgmerge figures`."),
@@ -33,7 +33,7 @@ def report(
         results = results / "results.jsonl"
     try:
         rows = sweep_results(results) if is_sweep else read_results(results)
-        if is_sweep and select == "val":
+        if select == "val" and (is_sweep or any(r.get("tuning_of") for r in rows)):
             rows = select_by_validation(rows)
         tables = build_tables(rows, metric=metric)
     except (FileNotFoundError, ValueError) as exc:

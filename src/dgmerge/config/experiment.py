@@ -145,6 +145,9 @@ class HamVariant(StrictModel):
     set: dict[str, Any] = Field(default_factory=dict)
     # Run only for these trial seeds (None = every seed): costly sensitivity points on one seed.
     seeds: list[int] | None = None
+    # A tuning point of HAM, not an ablation: reports choose among `ham` and its tuning points by
+    # source validation (as across sweep jobs) and show the winner as the `ham` row.
+    tuning: bool = False
 
     def applies_to(self, seed: int) -> bool:
         """Whether this variant runs in a cell of trial seed `seed`."""

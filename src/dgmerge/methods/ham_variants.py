@@ -45,6 +45,8 @@ def run(cell: Cell) -> list[Row]:
         merged = merge_trained(base, cell.theta0.state_dict(), ham_cfg)
         extra = {"variant": variant.model_dump(mode="json"), "merged_from": MERGED_FROM[ham_cfg.historical],
                  "train_wall_time_s": round(base.wall_time_s, 3), "reused_training": reused}
+        if variant.tuning:
+            extra["tuning_of"] = "ham"
         rows.append(cell.record(method, cell.loaded(merged), start, extra, group="ham_variants",
                                 hparams={"ham": ham_cfg.model_dump(mode="json")}))
     return rows

@@ -208,10 +208,15 @@ def select_by_validation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DomainBed's training-domain validation across hyperparameters.
 
     For each (dataset, test domain, seed, method) keep the row of the job with the highest
-    source-validation accuracy; the test accuracy never takes part in the choice.
+    source-validation accuracy; the test accuracy never takes part in the choice. A tuning
+    point of a method (a row with `tuning_of`, e.g. HAM's λ and r as `ham_variants` with
+    tuning: true) competes with that method's own rows, and a winning one is reported under
+    the method's name with `selected_variant` saying which point won.
     """
     best: dict[tuple, tuple[float, dict[str, Any]]] = {}
     for row in rows:
+        if row.get("tuning_of"):
+            row = {**row, "method": row["tuning_of"], "selected_variant": row["method"]}
         key = (row["dataset"], row["test_domain"], row["seed"], row["method"])
         val = row.get("val_acc")
         score = val if isinstance(val, (int, float)) and val == val else float("-inf")

@@ -1,0 +1,43 @@
+"""benchmarks/gpu_paper_scale.py --smoke: the GPU benchmark's code on the CPU, as CI runs it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_paper_scale.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("gpu_paper_scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_prints_one_json_summary_with_the_promised_keys(capsys):
+    summary = load().main(["--smoke"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == json.loads(json.dumps(summary))
+    for key in ("device", "precision", "erm_images_per_s", "ham_images_per_s", "ham_over_floor", "peak_mem_gib",
+                "loader_images_per_s", "grid_gpu_hours"):
+        assert key in last, key
+    assert last["device"] == "cpu" and last["precision"] == "bf16"
+    assert last["erm_images_per_s"] > 0 and last["ham_images_per_s"] > 0 and last["loader_images_per_s"] > 0
+    # A HAM step does at least the floor's work (one no-grad pass over every batch per model).
+    assert last["ham_over_floor"] > 0.5 and last["ham_borrowed_per_step"] >= 0
+    assert last["grid_gpu_hours"]["total"] == pytest.approx(
+        sum(v for k, v in last["grid_gpu_hours"].items() if k != "total"), abs=0.3)
+
+
+def test_the_grid_projection_counts_every_training_run():
+    module = load()
+    # 1 s per HAM step and 0 for ERM: per (dataset, test domain, seed) the grid trains HAM
+    # 2 lrs × 3 λ × (500 + 3000 + 5000 + 10000) steps, scaled by (domains − 1) / 3 sources.
+    hours = module.grid_gpu_hours(erm_s=0.0, ham_s=1.0)
+    per_cell = 2 * 3 * 18500 / 3600
+    assert hours["PACS"] == pytest.approx(4 * 3 * per_cell)
+    assert hours["DomainNet"] == pytest.approx(6 * 3 * per_cell * 5 / 3)
+    # ERM + the single-source models: one ERM step's cost twice per (steps, lr).
+    assert module.grid_gpu_hours(erm_s=1.0, ham_s=0.0)["PACS"] == pytest.approx(4 * 3 * 2 * 2 * 18500 / 3600)
