@@ -17,10 +17,11 @@ from dgmerge.config.ham import MERGE_TIME_FIELDS, HamConfig, can_reuse, training
 from dgmerge.config.loading import (SHIPPED_CONFIGS, load_config, parse_overrides, read_yaml_mapping,
                                     resolve_config_path, set_dotted, validate_config)
 from dgmerge.config.sweep import HAM_SPACE, SweepSpec, load_sweep
+from dgmerge.config.weight_averaging import DIWA_SPACE, DiwaConfig, MAConfig, SwadConfig
 from dgmerge.config.yaml_values import PlainScalar
 
 __all__ = [
-    "HAM_SPACE", "architecture_only", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
+    "DIWA_SPACE", "DiwaConfig", "MAConfig", "SwadConfig", "HAM_SPACE", "architecture_only", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
     "ConfigError", "DataConfig", "ExperimentConfig", "HamConfig", "HamVariant", "MergeSpec", "PlainScalar",
     "ProbeConfig", "StrictModel", "SweepSpec", "TrainConfig", "can_reuse", "load_config", "load_sweep",
     "parse_overrides", "read_yaml_mapping", "resolve_config_path", "set_dotted", "shared_mobilenetv2_config",

@@ -19,6 +19,7 @@ from dgmerge.config.base import StrictModel
 from dgmerge.config.gating import GatingConfig
 from dgmerge.config.tasks import TasksConfig
 from dgmerge.config.ham import HamConfig
+from dgmerge.config.weight_averaging import DiwaConfig, MAConfig, SwadConfig
 from dgmerge.device import DEVICE_PATTERN
 from dgmerge.merging import available, get_method
 
@@ -48,6 +49,12 @@ class DataConfig(StrictModel):
 
 class ProbeConfig(StrictModel):
     """Linear-probe head for backbones without a text encoder (trained on frozen features)."""
+
+    # What the probe is fitted on: the pooled source training splits ("train"), or a disjoint
+    # "probe split" of each source's training split that fine-tuning and SAE never see
+    # ("probe_split", `split_fraction` of each), so SAE does not score samples the head memorised.
+    fit_on: Literal["train", "probe_split"] = "train"
+    split_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
     epochs: int = Field(default=30, gt=0)
     lr: float = Field(default=1e-2, gt=0.0)
@@ -84,6 +91,9 @@ class TrainConfig(StrictModel):
     history_device: Literal["same", "cpu"] = "same"
     # Seconds between progress lines when stderr is not a terminal (0 = every step).
     log_every_s: float = Field(default=30.0, ge=0.0)
+    # Train HAM's N_S models (and DiWA's M runs) as one batched computation over stacked
+    # parameters (torch.func.vmap) instead of one after the other; same weights to float tolerance.
+    stacked: bool = False
 
     @field_validator("device")
     @classmethod
@@ -180,6 +190,10 @@ class ExperimentConfig(StrictModel):
     ham_variant_runs: Literal["all", "reuse", "train"] = "all"
     # The gating merge of Ye et al. (experiment method "gating"): gate, m values, bases.
     gating: GatingConfig = Field(default_factory=GatingConfig)
+    # The weight-averaging DG methods: ERM + MA, SWAD, DiWA (config/weight_averaging.py).
+    ma: MAConfig = Field(default_factory=MAConfig)
+    swad: SwadConfig = Field(default_factory=SwadConfig)
+    diwa: DiwaConfig = Field(default_factory=DiwaConfig)
     # Multi-task instead of leave-one-domain-out: cells are task combinations (config/tasks.py).
     tasks: TasksConfig | None = None
     # Save every trained model (safetensors, with its config in the metadata) under output_dir.

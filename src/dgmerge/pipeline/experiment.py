@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from dgmerge.config import ExperimentConfig, load_config
+from dgmerge.config import DiwaConfig, MAConfig, SwadConfig, ExperimentConfig, load_config
 from dgmerge.data.imagefolder import DomainIndex, scan_domains
 from dgmerge.evaluation.results import read_results
 from dgmerge.hashing import config_hash
@@ -32,9 +32,17 @@ def experiment_key(cfg: ExperimentConfig) -> str:
                           ("train", "checkpoint_every"), ("train", "device"), ("train", "history_device"),
                           ("train", "log_every_s")):
         payload[section].pop(name, None)
-    # fp32 is what every key before mixed precision meant: those runs still resume.
-    if payload["train"].get("precision") == "fp32":
-        payload["train"].pop("precision")
+    # Settings added later leave the key as it was while they keep their defaults, so runs
+    # started before them still resume (fp32 is what every older key meant, and so on).
+    for section, name, default in (("train", "precision", "fp32"), ("train", "stacked", False),
+                                   ("probe", "fit_on", "train")):
+        if payload[section].get(name) == default:
+            payload[section].pop(name)
+            if (section, name) == ("probe", "fit_on"):
+                payload["probe"].pop("split_fraction", None)
+    for name, model in (("ma", MAConfig), ("swad", SwadConfig), ("diwa", DiwaConfig)):
+        if payload.get(name) == model().model_dump(mode="json"):
+            payload.pop(name)
     # Variants are rows of their own, each recording its full HAM config: adding one must not
     # invalidate the rest of the experiment.
     for name in ("ham_variants", "ham_variant_runs"):
