@@ -2,7 +2,8 @@
 
 import pytest
 
-from dgmerge.config import BackboneConfig, ConfigError, ExperimentConfig, load_config, validate_config
+from dgmerge.config import (MERGES_NEEDING_DATA, BackboneConfig, ConfigError, ExperimentConfig, load_config,
+                             validate_config)
 from dgmerge.models import LOADERS
 
 
@@ -73,6 +74,9 @@ def test_assignment_is_validated_without_a_registry():
         cfg.methods = ["erm", "erm"]
 
 
-def test_merges_needing_data_are_still_refused():
-    with pytest.raises(ConfigError, match="regmean needs data statistics"):
-        validate_config({"merges": [{"method": "regmean"}]})
+def test_merges_needing_data_are_accepted_but_not_their_data():
+    # The `merge` experiment method feeds their statistics and evaluation from the cell's data.
+    cfg = validate_config({"merges": [{"method": m} for m in MERGES_NEEDING_DATA]})
+    assert [m.method for m in cfg.merges] == list(MERGES_NEEDING_DATA)
+    with pytest.raises(ConfigError, match="regmean: hparams grams are fed by the `merge` experiment method"):
+        validate_config({"merges": [{"method": "regmean", "hparams": {"grams": []}}]})

@@ -122,8 +122,8 @@ def test_merge_of_identical_sources_is_that_model(tiny_shapes, tmp_path):
 def test_merges_are_validated_in_the_config():
     with pytest.raises(ValueError, match="unknown merge method"):
         MergeSpec(method="soup")
-    with pytest.raises(ValueError, match="statistics"):
-        MergeSpec(method="regmean")
+    with pytest.raises(ValueError, match="fed by the `merge` experiment method"):
+        MergeSpec(method="regmean", hparams={"grams": []})
     with pytest.raises(ValueError, match="keep"):
         MergeSpec(method="ties", hparams={"keep": 1.5})
     with pytest.raises(ValueError, match="kep"):

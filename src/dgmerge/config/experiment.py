@@ -11,7 +11,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator,
+                      model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
 from dgmerge.config.backbone import BackboneConfig
@@ -110,33 +111,66 @@ class TrainConfig(StrictModel):
         return value
 
 
-# Methods that need data statistics or an evaluation callback, not just the models.
-MERGES_NEEDING_DATA = ("regmean", "fisher", "greedy_soup")
+# Methods that need data besides the models. The `merge` experiment method feeds these
+# hyperparameters from the cell (methods/merge.py), so a `merges:` entry may not set them:
+# RegMean's Gram matrices and Fisher's diagonals from each source model's own training split,
+# greedy soup's evaluation (and the models' own scores) on the sources' validation splits.
+FED_HPARAMS: dict[str, tuple[str, ...]] = {"regmean": ("grams",), "fisher": ("fishers",),
+                                           "greedy_soup": ("evaluate", "scores")}
+MERGES_NEEDING_DATA = tuple(FED_HPARAMS)
+# Stand-ins for the fed values, so the rest of an entry's hparams is checked at load time.
+_FED_STAND_INS: dict[str, Any] = {"grams": [], "fishers": [], "evaluate": lambda state: 0.0}
 
 
 class MergeSpec(StrictModel):
-    """One merge of the single-source models: a registered method and its hyperparameters."""
+    """One merge of the single-source models: a registered method and its hyperparameters.
+
+    `hparams` are the merge function's own keyword arguments. regmean and fisher also take
+    `batches` (how many batches of each source's training split their statistics come from)
+    and fisher `fisher_labels` ("model": the true Fisher, labels sampled from the model;
+    "true": the empirical Fisher, the dataset labels).
+    """
 
     method: str
     hparams: dict[str, Any] = Field(default_factory=dict)
     # Row name suffix (merge:<label>); defaults to the method name.
     label: str | None = None
+    # regmean / fisher: batches of train.batch_size images of each source's training split.
+    batches: int = Field(default=20, gt=0)
+    fisher_labels: Literal["model", "true"] = "model"
 
     @field_validator("method")
     @classmethod
     def _registered(cls, value: str) -> str:
         if value not in available():
             raise ValueError(f"unknown merge method {value!r}; available: {', '.join(available())}")
-        if value in MERGES_NEEDING_DATA:
-            raise ValueError(f"{value} needs data statistics or an evaluation callback; "
-                             "use the dgmerge.merging API for it")
         return value
 
     @model_validator(mode="after")
     def _hparams_accepted(self) -> "MergeSpec":
+        fed = FED_HPARAMS.get(self.method, ())
+        given = sorted(set(fed) & set(self.hparams))
+        if given:
+            raise ValueError(f"{self.method}: hparams {', '.join(given)} are fed by the `merge` experiment method "
+                             "from the cell's data; remove them")
+        if "batches" in self.model_fields_set and self.method not in ("regmean", "fisher"):
+            raise ValueError(f"batches applies to regmean and fisher (their data statistics), not {self.method}")
+        if "fisher_labels" in self.model_fields_set and self.method != "fisher":
+            raise ValueError(f"fisher_labels applies to fisher only, not {self.method}")
         # Caught here, not after hours of training when the merge finally runs.
-        get_method(self.method).check_hparams(self.hparams)
+        get_method(self.method).check_hparams({**self.hparams, **{k: _FED_STAND_INS[k] for k in fed
+                                                                  if k in _FED_STAND_INS}})
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_statistics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # batches and fisher_labels came after results existed: at their defaults they stay out
+        # of dumps, so the experiment keys (hashes of the dumped config) of older runs still match.
+        data = handler(self)
+        for name in ("batches", "fisher_labels"):
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name)
+        return data
 
     @property
     def name(self) -> str:

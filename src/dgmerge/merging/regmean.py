@@ -26,13 +26,19 @@ from dgmerge.merging.validate import MergeError, Param, StateDict
 def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float) -> Tensor:
     """W* for one linear layer from the models' (out×in) weights and (in×in) Gram matrices.
 
-    The N products G̃_i W_iᵀ dominate the cost and run in the inputs' precision (float32 for
-    float32 models); the SPD solve runs in float64 by Cholesky, with a least-squares
-    fallback when the summed Gram is singular (dead inputs). It all runs on the device of
-    the first weight; Grams held elsewhere are brought there.
+    Solved around the models' plain mean M: W* = M + ((Σ_i G̃_i)⁻¹ Σ_i G̃_i (W_i − M)ᵀ)ᵀ, the same
+    minimiser as (Σ_i G̃_i)⁻¹ Σ_i G̃_i W_iᵀ, but the products act on the deviations from M
+    (exactly zero for one model or identical models), so their rounding is not blown up by a
+    near-singular Gram (ReLU features that seldom fire on a source's data), and where the
+    summed Gram is singular (inputs dead in every model's data, which say nothing about their
+    weights) the least-squares fallback keeps M. The N products dominate the cost and run in
+    the inputs' precision (float32 for float32 models); M, the deviations and the SPD solve
+    (Cholesky) in float64. It all runs on the device of the first weight; Grams held
+    elsewhere are brought there.
     """
     dtype = torch.float64 if weights[0].dtype == torch.float64 else torch.float32
     device = weights[0].device
+    mean = sum(w.to(device=device, dtype=torch.float64) for w in weights) / len(weights)
     lhs = torch.zeros(grams[0].shape, dtype=dtype, device=device)
     rhs = torch.zeros(weights[0].shape[1], weights[0].shape[0], dtype=dtype, device=device)
     for weight, gram in zip(weights, grams):
@@ -40,14 +46,15 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
         shrunk = gram.to(device=device, dtype=dtype) * alpha
         shrunk.diagonal().copy_(torch.diagonal(gram))
         lhs += shrunk
-        rhs.addmm_(shrunk, weight.to(device=device, dtype=dtype).T)
+        deviation = (weight.to(device=device, dtype=torch.float64) - mean).to(dtype)
+        rhs.addmm_(shrunk, deviation.T)
     lhs, rhs = lhs.double(), rhs.double()
     factor, info = torch.linalg.cholesky_ex(lhs)
     if int(info) == 0:
         solution = torch.cholesky_solve(rhs, factor)
     else:
         solution = min_norm_solve(lhs, rhs)
-    return solution.T
+    return mean + solution.T
 
 
 def min_norm_solve(lhs: Tensor, rhs: Tensor) -> Tensor:
