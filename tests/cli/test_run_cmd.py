@@ -48,8 +48,14 @@ def test_methods_lists_both_registries():
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0
     text = result.output
-    for name in ("linear_probe", "erm", "single_source", "merge", "ham", "ham_variants", "gating"):
+    for name in ("linear_probe", "erm", "erm_ma", "swad", "diwa", "single_source", "merge", "ham", "ham_variants",
+                 "gating"):
         assert f"\n  {name} " in text
+    # The weight-averaging methods come right after erm, whose run they share, with their settings.
+    experiments = text.split("Merge methods")[0]
+    assert experiments.index("\n  erm ") < experiments.index("\n  erm_ma ") < experiments.index("\n  swad ") \
+        < experiments.index("\n  diwa ") < experiments.index("\n  single_source ")
+    assert "ma.start_step" in experiments and "swad.tolerance_ratio" in experiments and "diwa.space" in experiments
     assert "also: zero_shot" in text
     for name in ("ties", "rhm", "regmean"):
         assert f"\n  {name} " in text

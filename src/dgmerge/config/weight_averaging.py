@@ -33,16 +33,19 @@ class MAConfig(StrictModel):
 
 
 class SwadConfig(StrictModel):
-    """SWAD's loss-valley rule (Cha et al. 2021), with its published defaults.
+    """SWAD's loss-valley rule (Cha et al. 2021), with its published defaults (training/swad.py).
 
     Every `eval_every` steps the segment's dense average and the source-validation loss are
-    recorded; the window opens at the first segment whose loss is the minimum of the next
-    `n_converge`, and closes when the minimum loss of `n_tolerance` segments exceeds
-    `tolerance_ratio` × the mean loss at convergence.
+    recorded; the valley is found at the first segment whose loss is the minimum of the next
+    `n_converge`, the window reaches back from it (within the last `n_tolerance` segments) while
+    the loss stays under τ = `tolerance_ratio` × the mean of those `n_converge` losses, and
+    closes when the minimum loss of `n_tolerance` consecutive segments exceeds τ.
     """
 
     n_converge: int = Field(default=3, ge=1, description="N_s")
     n_tolerance: int = Field(default=6, ge=1, description="N_e")
+    # The paper's r = 1.2 multiplies the mean loss; the official code (khanrc/swad) sets
+    # tolerance_ratio 0.3 and multiplies by 1 + 0.3 = 1.3. Here the value is the multiplier.
     tolerance_ratio: float = Field(default=1.2, gt=1.0, description="r: the valley's loss threshold ratio")
     # K: steps between validation-loss checks (None = train.eval_every).
     eval_every: int | None = Field(default=None, gt=0)

@@ -13,12 +13,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from dgmerge.config import ExperimentConfig, HamConfig
+from dgmerge.config import ExperimentConfig, HamConfig, TrainConfig
 from dgmerge.data.environments import Environments
 from dgmerge.data.imagefolder import DomainIndex
 from dgmerge.data.leak_guard import refuse_test_samples
@@ -31,6 +31,8 @@ from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
 from dgmerge.training.ham import HamResult, train_ham
 from dgmerge.training.history import save_history
+from dgmerge.training.observers import MovingAverage, TrajectoryObserver
+from dgmerge.training.swad import LossValley, SwadObserver
 
 Log = Callable[[str], None]
 Row = dict[str, Any]
@@ -44,6 +46,17 @@ class SourceRun:
     model: Classifier
     result: TrainResult
     wall_time_s: float
+
+
+@dataclass
+class ErmRun:
+    """ERM on the pooled sources, trained once per cell, with the averages that rode on its trajectory."""
+
+    model: Classifier
+    result: TrainResult
+    wall_time_s: float
+    # The observers attached to the run, by name ("ma", "swad"): see Cell.erm_observers.
+    observers: dict[str, TrajectoryObserver] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class Cell:
     done: set[str] = field(default_factory=set)
     rows: list[Row] = field(default_factory=list)
     _sources: list[SourceRun] | None = None
+    _erm: ErmRun | None = None
     # (HAM config, its training) pairs trained in this cell, for variants that reuse them.
     ham_runs: list[tuple[HamConfig, HamResult]] = field(default_factory=list)
 
@@ -104,19 +118,23 @@ class Cell:
 
     # --- training -------------------------------------------------------------------------
 
-    def fine_tune(self, train_sets: dict[str, Dataset], desc: str,
-                  source: str | None = None) -> tuple[Classifier, TrainResult]:
+    def fine_tune(self, train_sets: dict[str, Dataset], desc: str, source: str | None = None, *,
+                  train: TrainConfig | None = None, seed: int | None = None,
+                  observers: Sequence[TrajectoryObserver] = ()) -> tuple[Classifier, TrainResult]:
         """θ0 (with `source`'s head) fine-tuned on `train_sets`, one batch per set per step.
 
         Returns the best state on the validation sets, or the final one when there are none.
+        `train` and `seed` replace the config's and the cell's (DiWA's runs); `observers` watch
+        the trajectory (moving averages, SWAD).
         """
         self.guard(train_sets, "training")
         self.guard(self.val_sets, "model selection")
         model = self.trainable_copy(source)
         name = desc.replace(" ", "_")
-        result = fine_tune(model, train_sets, self.val_sets, self.cfg.train, self.seed, desc=self.desc(desc),
+        result = fine_tune(model, train_sets, self.val_sets, train or self.cfg.train,
+                           self.seed if seed is None else seed, desc=self.desc(desc),
                            checkpoint=self.checkpointer(name), num_workers=self.cfg.data.num_workers,
-                           log_dir=self.tensorboard_dir(name))
+                           log_dir=self.tensorboard_dir(name), observers=observers)
         model.load_state_dict(result.best_state)
         save_history(self.logs_dir / f"{name}.csv", result.history)
         return model, result
@@ -131,6 +149,29 @@ class Cell:
                 runs.append(SourceRun(source, model, result, time.perf_counter() - start))
             self._sources = runs
         return self._sources
+
+    def erm_run(self) -> ErmRun:
+        """ERM on the pooled sources, trained on first request and shared by erm, erm_ma and swad."""
+        if self._erm is None:
+            start = time.perf_counter()
+            observers = self.erm_observers()
+            model, result = self.fine_tune(self.train_sets, "erm", observers=observers)
+            self._erm = ErmRun(model, result, time.perf_counter() - start, {o.name: o for o in observers})
+        return self._erm
+
+    def erm_observers(self) -> list[TrajectoryObserver]:
+        """The averages to ride on ERM's run: MA and SWAD, for each the config lists and has not finished."""
+        cfg = self.cfg
+        wanted = {m for m in ("erm_ma", "swad") if m in cfg.methods and m not in self.done}
+        # "cpu" keeps the averages off a small GPU, as for HAM's histories.
+        device = "cpu" if cfg.train.history_device == "cpu" else None
+        observers: list[TrajectoryObserver] = []
+        if "erm_ma" in wanted:
+            observers.append(MovingAverage(cfg.ma.start_step, device))
+        if "swad" in wanted:
+            valley = LossValley(cfg.swad.n_converge, cfg.swad.n_tolerance, cfg.swad.tolerance_ratio, device)
+            observers.append(SwadObserver(valley, cfg.swad.eval_every or cfg.train.eval_every))
+        return observers
 
     def train_ham(self, ham_cfg: HamConfig, name: str) -> HamResult:
         """HAM's lockstep training of one model per source under `ham_cfg` (resumable)."""
