@@ -28,7 +28,14 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     cfg = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out"))
     assert cfg.seeds == [0, 1, 2] and cfg.train.feature_cache == "disk"
     assert cfg.train.feature_cache_dir == tmp_path / "out" / "feature_cache"
-    assert {f"merge:{m.name}" for m in cfg.merges} | {"linear_probe", "erm", "single_source_mean", "ham"} == set(MAIN_ROWS)
+    assert {f"merge:{m.name}" for m in cfg.merges} | {"linear_probe", "erm", "single_source_mean", "ham", "erm_ma",
+                                                     "swad", "diwa", "diwa:greedy"} == set(MAIN_ROWS)
+    assert {"erm_ma", "swad", "diwa"} <= set(cfg.methods)
+    # HAM as the paper defines it: plain τ_i from step 1, no cap; λ × r are its tuning points.
+    assert (cfg.ham.sae_rule, cfg.ham.sae_warmup_steps, cfg.ham.sae_max_borrow) == ("mean", 0, None)
+    points = {(cfg.variant_config(v).opa_weight, cfg.variant_config(v).merge_hparams["trim"])
+              for v in cfg.ham_variants if v.tuning} | {(cfg.ham.opa_weight, cfg.ham.merge_hparams["trim"])}
+    assert points == {(lam, r) for lam in (0.1, 0.5, 1.0) for r in (0.2, 0.4, 0.6, 0.8)}
     assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham"}
     # The main part reuses HAM's training; the ablation part trains only what needs training.
     assert cfg.ham_variant_runs == "reuse" and "erm" in cfg.methods
@@ -65,3 +72,29 @@ def test_quick_bench_produces_every_row_above_chance(tmp_path):
     report = (out / "bench-report.md").read_text()
     assert "blocks.6, conv_head, bn2" in report and "224×224 px" in report
     assert all(label in report for label in [*MAIN_ROWS.values(), *ABLATION_ROWS.values()])
+
+
+def test_another_dataset_must_be_under_the_data_root(tmp_path):
+    root, weights = fake_inputs(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--dataset", "VLCS", "--data-root", str(root),
+                                      "--weights", str(weights), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "VLCS" in result.output and "dgmerge data download VLCS" in result.output
+
+
+@needs_shared
+def test_quick_bench_runs_on_a_dataset_nobody_tuned_for(tmp_path):
+    from dgmerge.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "data", name="Shapes", domains=("solid", "outline", "noisy"),
+                       images_per_class=6, size=48)
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--quick", "--dataset", "Shapes", "--test-domain",
+                                      "outline", "--jobs", "1", "--out", str(out), "--data-root",
+                                      str(tmp_path / "data"), "--weights",
+                                      str(SHARED / "weights" / "mobilenetv2_100_imagenet_tflite.safetensors")])
+    assert result.exit_code == 0, result.output
+    rows = read_results(out / "results.jsonl")
+    assert {r["test_domain"] for r in rows} == {"outline"} and {r["dataset"] for r in rows} == {"Shapes"}
+    assert {"linear_probe", "erm", "ham", "merge:ties"} <= {r["method"] for r in rows}
+    assert "# Shapes on 2 CPU cores (`dgmerge bench pacs-cpu --dataset Shapes`)" in (out / "bench-report.md").read_text()

@@ -32,7 +32,15 @@ def pacs_cpu(
     cells: Optional[str] = typer.Option(None, "--cells", hidden=True, help="SEED:DOMAIN,... (set by --jobs "
                                         "for its workers)."),
     force: bool = typer.Option(False, "--force", help="Discard earlier results in --out instead of resuming."),
+    dataset: str = typer.Option("PACS", "--dataset", help="A DomainBed-layout dataset under --data-root "
+                                "(domains and classes read from its folders), e.g. VLCS or a folder of your own."),
     device: Optional[str] = typer.Option(None, "--device", help="Where to train and evaluate: auto (the first GPU if any) | cpu | cuda | cuda:N (default: the config's train.device)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field of the benchmark config: "
+                                        "--set train.lr=1e-4 (repeatable)."),
+    convergence: bool = typer.Option(False, "--convergence", help="Train ERM, the single-source models and HAM "
+                                     "for each of --budgets steps and report source-validation accuracy per budget."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated step budgets for --convergence "
+                                          "(default 100,300,1000,2000)."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 
@@ -40,7 +48,9 @@ def pacs_cpu(
     that reuse HAM's training), once with --ablations. Both resume where they stopped and
     write <out>/bench-report.md with every table so far.
     """
+    from dgmerge.config import parse_overrides
     from dgmerge.pipeline.bench import BenchOptions, run_pacs_cpu
+    from dgmerge.pipeline.convergence import BUDGETS, run_convergence
     from dgmerge.pipeline.parallel import parse_cells
 
     if force and (out / "results.jsonl").exists():
@@ -54,8 +64,13 @@ def pacs_cpu(
                             test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
                             part="ablations" if ablations else "main", jobs=jobs,
                             cells=parse_cells(cells) if cells else None,
-                            overrides={"train.device": device} if device else {})
-        report = run_pacs_cpu(opts, log=typer.echo)
+                            overrides={**parse_overrides(overrides), **({"train.device": device} if device else {})},
+                            dataset=dataset)
+        if convergence:
+            steps_list = [int(b) for b in budgets.split(",")] if budgets else list(BUDGETS)
+            report = run_convergence(opts, steps_list, log=typer.echo)
+        else:
+            report = run_pacs_cpu(opts, log=typer.echo)
     except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None

@@ -220,7 +220,7 @@ class ExperimentConfig(StrictModel):
     # made of `ham` plus the variant's overrides.
     ham_variants: list[HamVariant] = Field(default_factory=list)
     # Which variants method "ham_variants" runs: all, only those reusing HAM's training (free:
-    # a merge and an evaluation each), or only those that train their own models.
+    # a merge and an evaluation each) plus HAM's tuning points, or only the other ones.
     ham_variant_runs: Literal["all", "reuse", "train"] = "all"
     # The gating merge of Ye et al. (experiment method "gating"): gate, m values, bases.
     gating: GatingConfig = Field(default_factory=GatingConfig)

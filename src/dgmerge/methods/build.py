@@ -18,6 +18,7 @@ from dgmerge.data.cache import InMemoryDataset
 from dgmerge.data.environments import Environments, make_environments
 from dgmerge.data.imagefolder import DomainIndex, ImageDataset
 from dgmerge.data.leak_guard import refuse_test_samples
+from dgmerge.data.splits import seed_hash, split_in_out
 from dgmerge.data.transforms import train_transform
 from dgmerge.device import resolve_device
 from dgmerge.methods.cell import Cell
@@ -48,7 +49,11 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
         data = ImageDataset(samples, transform, on_bad_image=mode)
         return InMemoryDataset(data) if cfg.data.cache_images and transform is eval_tf else data
 
-    train_sets = {d: dataset(envs.train_in[d], train_tf) for d in envs.sources}
+    train_in, probe_in = probe_split(cfg, envs, seed)
+    train_sets = {d: dataset(train_in[d], train_tf) for d in envs.sources}
+    # The probe reads un-augmented images; without augmentation and a split they are the training sets.
+    same = cfg.probe.fit_on == "train" and train_tf is eval_tf
+    probe_sets = train_sets if same else {d: dataset(probe_in[d], eval_tf) for d in envs.sources}
     val_sets = {d: dataset(envs.train_out[d], eval_tf) for d in envs.sources}
     test_set = dataset(envs.test_samples(cfg.data.test_split), eval_tf)
     cut = None
@@ -60,15 +65,41 @@ def build_cell(cfg: ExperimentConfig, index: DomainIndex, test_domain: str, seed
         domains[test_domain] = sorted(envs.test, key=lambda s: str(s[0]))
         cached = {d: _activations(cfg, backbone, cut, ImageDataset(samples, eval_tf, on_bad_image=mode), d)
                   for d, samples in domains.items()}
-        train_sets = {d: cached[d].select(envs.train_in[d]) for d in envs.sources}
+        train_sets = {d: cached[d].select(train_in[d]) for d in envs.sources}
+        probe_sets = {d: cached[d].select(probe_in[d]) for d in envs.sources}
         val_sets = {d: cached[d].select(envs.train_out[d]) for d in envs.sources}
         test_set = cached[test_domain].select(envs.test_samples(cfg.data.test_split))
     test_paths = frozenset(os.path.abspath(path) for path, _ in index.samples[test_domain])
-    head = frozen_head(cfg, backbone, index, envs, eval_tf, seed, train_sets, cut, test_paths)
+    head = frozen_head(cfg, backbone, index, seed, probe_sets, cut, test_paths)
     theta0 = Classifier(backbone.encoder, head).to(device)
     theta0.cut = cut
-    return Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key,
+    cell = Cell(cfg, index, envs, seed, test_domain, backbone, theta0, train_sets, val_sets, test_set, key,
                 test_paths=test_paths)
+    if backbone.text_head is None:
+        cell.probe_sets = probe_sets
+        cell.probe_paths = frozenset(os.path.abspath(path) for d in envs.sources for path, _ in probe_in[d])
+    return cell
+
+
+def probe_split(cfg: ExperimentConfig, envs: Environments, seed: int) -> tuple[dict[str, list], dict[str, list]]:
+    """(fine-tuning samples, probe samples) of each source's training split.
+
+    probe.fit_on "train": both are the whole training split (the probe sees what SAE scores).
+    "probe_split": a seeded `probe.split_fraction` of each training split fits the probe and
+    nothing else; fine-tuning, SAE's scoring and every statistic use the rest.
+    """
+    if cfg.probe.fit_on == "train":
+        return dict(envs.train_in), dict(envs.train_in)
+    train, probe = {}, {}
+    for d in envs.sources:
+        samples = envs.train_in[d]
+        keep, held = split_in_out(len(samples), cfg.probe.split_fraction, seed_hash("probe split", seed, d))
+        if not keep or not held:
+            raise ValueError(f"probe.split_fraction {cfg.probe.split_fraction} leaves no {'probe' if not held else 'training'} "
+                             f"samples in source {d!r} ({len(samples)} training images)")
+        train[d] = [samples[i] for i in sorted(keep)]
+        probe[d] = [samples[i] for i in sorted(held)]
+    return train, probe
 
 
 def cut_for(cfg: ExperimentConfig, backbone: Backbone) -> Cut:
@@ -95,16 +126,15 @@ def _activations(cfg: ExperimentConfig, backbone: Backbone, cut: Cut, data: Imag
                               desc=f"caching {domain}")
 
 
-def frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, envs: Environments,
-                eval_tf: Any, seed: int, train_sets: dict[str, Dataset], cut: Cut | None,
+def frozen_head(cfg: ExperimentConfig, backbone: Backbone, index: DomainIndex, seed: int,
+                probe_sets: dict[str, Dataset], cut: Cut | None,
                 test_paths: frozenset[str] = frozenset()) -> torch.nn.Module:
-    """CLIP's text head, or a linear probe fitted on θ0's features of the pooled source training splits."""
+    """CLIP's text head, or a linear probe fitted on θ0's features of the pooled, un-augmented
+    source samples of `probe_sets` (the training splits, or their probe split)."""
     if backbone.text_head is not None:
         return backbone.text_head(list(index.classes), list(cfg.backbone.templates))
-    # Un-augmented pooled source training splits only: the head must not see the target.
-    pooled = ConcatDataset([
-        ImageDataset(envs.train_in[d], eval_tf, on_bad_image=cfg.data.on_bad_image) if cfg.data.train_augment
-        else train_sets[d] for d in envs.sources])
+    # Source samples only: the head must not see the target.
+    pooled = ConcatDataset(list(probe_sets.values()))
     refuse_test_samples({"pooled sources": pooled}, test_paths, "the probe head")
     return probe_head(backbone, cut, pooled, len(index.classes), cfg, seed)
 

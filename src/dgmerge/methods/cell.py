@@ -82,6 +82,10 @@ class Cell:
     job: str
     # Absolute paths of every test-domain image: refused wherever data trains, fits or selects.
     test_paths: frozenset[str] = frozenset()
+    # The samples the probe head was fitted on, per source, and their absolute paths (both empty
+    # with a CLIP text head).
+    probe_sets: dict[str, Dataset] = field(default_factory=dict)
+    probe_paths: frozenset[str] = frozenset()
     # Multi-task cells: each source's own head, classes and test set (empty in DG cells).
     heads: dict[str, torch.nn.Module] = field(default_factory=dict)
     task_classes: dict[str, list[str]] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 Variants that change only the merge (method, hyperparameters, scope, or merging the best
 checkpoints) reuse a training already done in the cell; the others train their own models.
-`ham_variant_runs` picks all of them, only the reusing ones, or only the training ones.
+`ham_variant_runs` picks all of them, only the reusing ones, or only the training ones; HAM's
+tuning points (tuning: true) count as reusing ones, since HAM's own row is chosen among them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def run(cell: Cell) -> list[Row]:
             continue
         ham_cfg = cfg.variant_config(variant)
         reusable = can_reuse(ham_cfg, cfg.ham)
-        if (cfg.ham_variant_runs == "reuse" and not reusable) or (cfg.ham_variant_runs == "train" and reusable):
+        # HAM's tuning points run with HAM itself (its row is chosen among them), training or not.
+        wanted = ("reuse", "all") if variant.tuning else (("reuse", "all") if reusable else ("train", "all"))
+        if cfg.ham_variant_runs not in wanted:
             continue
         start = time.perf_counter()
         base = next((r for c, r in cell.ham_runs if can_reuse(ham_cfg, c)), None)

@@ -1,0 +1,46 @@
+"""Accuracy against budget: the table, the converged budget rule and the figure, on hand-made rows."""
+
+import pytest
+
+from dgmerge.reports.convergence import budget_markdown, budget_table, converged_budget, plot_budgets
+
+
+def row(method: str, steps: int, val: float, test: float, domain: str = "a") -> dict:
+    return {"method": method, "val_acc": val, "test_acc": test, "test_domain": domain,
+            "hparams": {"train": {"steps": steps}}}
+
+
+ROWS = [
+    row("erm", 100, 0.60, 0.50), row("erm", 100, 0.70, 0.40, "b"),
+    row("erm", 300, 0.80, 0.55), row("erm", 300, 0.82, 0.45, "b"),
+    row("erm", 1000, 0.84, 0.30), row("erm", 1000, 0.82, 0.20, "b"),
+    row("single_source_mean", 100, 0.50, 0.50), row("single_source_mean", 300, 0.70, 0.50),
+    row("single_source_mean", 1000, 0.71, 0.99),
+    row("source:a", 1000, 0.99, 0.99),  # per-source rows are not plotted
+]
+
+
+def test_the_table_averages_cells_per_budget():
+    table = budget_table(ROWS)
+    assert set(table) == {"erm", "single_source_mean"}
+    assert table["erm"][100]["val"] == pytest.approx(65.0) and table["erm"][100]["cells"] == 2
+    assert table["erm"][100]["val_std"] == pytest.approx(7.0711, abs=1e-3)
+    assert table["erm"][1000]["test"] == pytest.approx(25.0)
+
+
+def test_the_budget_is_the_smallest_within_tolerance_of_the_best_source_validation():
+    table = budget_table(ROWS)
+    # Mean of ERM and single-source source-val: 100 → 57.5, 300 → 75.5, 1000 → 77.0.
+    assert converged_budget(table, tolerance=0.5) == 1000
+    assert converged_budget(table, tolerance=2.0) == 300
+    # The held-out column never chooses: making 100 steps best on test changes nothing.
+    assert converged_budget(budget_table(ROWS + [row("erm", 100, 0.60, 1.0, "c")]), tolerance=2.0) == 300
+
+
+def test_markdown_and_figure(tmp_path):
+    table = budget_table(ROWS)
+    text = budget_markdown(table)
+    assert "| 300 | 81.0 ± 1.4 | 70.0 ± 0.0 | 50.0 | 50.0 |" in text
+    assert "held-out (info only)" in text.splitlines()[0]
+    path = plot_budgets(table, tmp_path / "c.png", "t")
+    assert path.stat().st_size > 1000
