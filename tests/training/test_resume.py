@@ -14,29 +14,7 @@ from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune
 from dgmerge.training.ham import train_ham
 
-
-class Killed(Exception):
-    pass
-
-
-class KillAfterSave(Checkpointer):
-    """Saves like a Checkpointer, then dies at `kill_step`, as a SIGKILL after the save would."""
-
-    def __init__(self, path, every, kill_step):
-        super().__init__(path, every)
-        self.kill_step = kill_step
-
-    def save(self, payload):
-        super().save(payload)
-        if payload["step"] == self.kill_step:
-            raise Killed
-
-
-def domain(seed: int, n: int = 20, shift: float = 0.0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, -2.0]])
-    return TensorDataset(centers[labels] + shift + 0.7 * torch.randn(n, 2, generator=g), labels)
+from .kill import Killed, KillAfterSave, domain
 
 
 def theta0() -> Classifier:

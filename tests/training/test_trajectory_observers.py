@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from dgmerge.config import TrainConfig
 from dgmerge.models.classifier import Classifier
@@ -14,29 +13,7 @@ from dgmerge.training.finetune import fine_tune, validation_loss
 from dgmerge.training.observers import MovingAverage, trainable_state
 from dgmerge.training.swad import LossValley, SwadObserver
 
-
-class Killed(Exception):
-    pass
-
-
-class KillAfterSave(Checkpointer):
-    """Saves like a Checkpointer, then dies at `kill_step`, as a SIGKILL after the save would."""
-
-    def __init__(self, path, every, kill_step):
-        super().__init__(path, every)
-        self.kill_step = kill_step
-
-    def save(self, payload):
-        super().save(payload)
-        if payload["step"] == self.kill_step:
-            raise Killed
-
-
-def domain(seed: int, n: int = 20, shift: float = 0.0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, -2.0]])
-    return TensorDataset(centers[labels] + shift + 0.7 * torch.randn(n, 2, generator=g), labels)
+from .kill import Killed, KillAfterSave, domain
 
 
 def theta0() -> Classifier:
