@@ -13,20 +13,39 @@ Three timings per step, measured in one run on the same model and batches (N_S s
 
 Target (issue 6): ham / floor ≤ 1.15. `--uncached` also times HAM on images (full forward).
 
+A second table puts the trainable suffix's training throughput against the machine's own
+(a large fp32 GEMM at 1 and 2 threads), for ways of training the N_S models: (a) today's loop,
+one model after the other; (b) the models stacked with torch.func (vmap of functional_call
+over [N_S, ...] parameters, one AdamW over the stacked tensors); (c) larger batches; (d) the
+cached activations stored in float16 (cast to float32 per batch; compute stays float32); and
+(e) a 32 px instead of a 224 px dummy image for the frozen prefix that `run_from` runs per
+forward (its output is discarded; the logits are checked to be identical).
+GFLOP/s = 3 × the suffix's forward FLOPs per image (torch's FlopCounterMode) × images/s.
+Every option and the GEMM are timed in interleaved rounds and the median taken, so load from
+other processes falls on all of them alike.
+
     python benchmarks/train_speed.py [--steps 12] [--last 1] [--batch 24] [--uncached]
+    python benchmarks/train_speed.py --throughput-only [--threads 1,2] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
+import shlex
 import statistics
+import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from dgmerge.config import BackboneConfig, HamConfig, TrainConfig, shared_mobilenetv2_config
 from dgmerge.models import load_backbone
@@ -122,20 +141,222 @@ def floor_seconds_per_step(theta0: Classifier, data: dict, batch: int, history: 
     return statistics.fmean(timings[1:])
 
 
+def machine() -> str:
+    """CPU model and core count, as /proc/cpuinfo names them (else the architecture)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} logical CPUs"
+
+
+def suffix_flops(model: Classifier, sample: torch.Tensor) -> float:
+    """Forward FLOPs per image of the trainable suffix (FlopCounterMode).
+
+    From the difference of two batch sizes, so the one dummy image that `run_from` sends
+    through the frozen prefix per batch does not count as work. Training FLOPs are taken as
+    3 × forward: FlopCounterMode counts a depthwise convolution's backward as a dense one
+    (960× too much for blocks.6), so its own backward count is no use here.
+    """
+    counts = []
+    for batch in (8, 16):
+        x = sample[:1].expand(batch, *sample.shape[1:]).contiguous()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        counts.append(counter.get_total_flops())
+    return (counts[1] - counts[0]) / 8
+
+
+@dataclass
+class Option:
+    """One way of training the N_S models: `step()` trains each on one batch, returns images."""
+
+    label: str
+    batch: int
+    step: Callable[[], int]
+
+
+class _Batches:
+    """Random batches of each source's cached activations, gathered and cast per step."""
+
+    def __init__(self, caches: list[torch.Tensor], labels: list[torch.Tensor], batch: int):
+        self.caches, self.labels, self.batch = caches, labels, batch
+        self.generator = torch.Generator().manual_seed(0)
+
+    def draw(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self.labels[i]), (self.batch,), generator=self.generator)
+        return self.caches[i][idx].float(), self.labels[i][idx]
+
+
+def loop_option(label: str, model: Classifier, batches: _Batches) -> Option:
+    """(a) today: the N_S models one after the other, each with its own AdamW."""
+    models = [copy.deepcopy(model).train() for _ in batches.caches]
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for m in models]
+
+    def step() -> int:
+        for i, (m, opt) in enumerate(zip(models, opts)):
+            x, y = batches.draw(i)
+            loss = F.cross_entropy(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return len(models) * batches.batch
+
+    return Option(label, batches.batch, step)
+
+
+def stacked_option(label: str, model: Classifier, batches: _Batches) -> Option:
+    """(b) the N_S models stacked: trainable tensors as [N_S, ...], one vmap(functional_call)
+    forward, one AdamW over the stacked tensors (AdamW is elementwise: the same update as N_S
+    optimizers). Only the trainable tensors are stacked (stack_module_state would stack the
+    frozen prefix too); frozen tensors and buffers stay shared, so the prefix's dummy image
+    runs once per step, not once per model. In float64 its gradients equal the loop's to 1e-15."""
+    model = copy.deepcopy(model).train()
+    n = len(batches.caches)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    stacked = {name: p.detach().expand(n, *p.shape).clone().requires_grad_()
+               for name, p in model.named_parameters() if p.requires_grad}
+    shared = {name: t.detach() for name, t in model.state_dict().items() if name not in trainable}
+    opt = torch.optim.AdamW(list(stacked.values()), lr=1e-4)
+    forward = vmap(lambda params, x: functional_call(model, (params, shared), (x,)))
+
+    def step() -> int:
+        drawn = [batches.draw(i) for i in range(n)]
+        x, y = torch.stack([d[0] for d in drawn]), torch.stack([d[1] for d in drawn])
+        logits = forward(stacked, x)
+        # Sum of the N_S mean losses: each model's gradient is that of its own mean loss.
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batches.batch
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return n * batches.batch
+
+    return Option(label, batches.batch, step)
+
+
+def matmul_option(size: int) -> Callable[[], float]:
+    """One size×size fp32 GEMM; returns its FLOPs."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def run() -> float:
+        torch.mm(a, b)
+        return 2.0 * size ** 3
+
+    return run
+
+
+# (e): run_from sends one dummy image through the frozen prefix per forward and throws the result
+# away; at the cut's 224 px that costs about as much as 20 images of the suffix's forward.
+DUMMY_PX = 32
+
+
+def small_dummy(cached: Classifier, sample: torch.Tensor) -> Classifier:
+    """`cached` with a DUMMY_PX dummy image for the prefix; checks that its logits are unchanged."""
+    assert cached.cut is not None
+    small = copy.deepcopy(cached)
+    small.cut = Cut(block=cached.cut.block, image_size=DUMMY_PX)
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(sample), copy.deepcopy(cached).eval()(sample), rtol=0, atol=0)
+    return small
+
+
+def throughput_table(cached: Classifier, data: dict, threads: list[int], rounds: int, batch: int) -> None:
+    """(a)-(d) against the machine's GEMM throughput (CPU), interleaved rounds, medians."""
+    caches32 = [d.tensors[0] for d in data.values()]
+    caches16 = [c.half() for c in caches32]
+    labels = [d.tensors[1] for d in data.values()]
+    forward = suffix_flops(copy.deepcopy(cached).train(), caches32[0])
+    small = small_dummy(cached, caches32[0][:4])
+    big = [b for b in (64, 128) if b > batch]
+    specs: list[tuple[str, Callable, Classifier, list[torch.Tensor], int]] = [
+        ("(a) loop, fp32 cache (today)", loop_option, cached, caches32, batch),
+        ("(b) stacked (vmap), fp32 cache", stacked_option, cached, caches32, batch),
+        *[(f"(c) loop, batch {b}", loop_option, cached, caches32, b) for b in big],
+        *[(f"(b+c) stacked (vmap), batch {b}", stacked_option, cached, caches32, b) for b in big[:1]],
+        ("(d) loop, fp16 cache", loop_option, cached, caches16, batch),
+        *[(f"(c+d) loop, batch {b}, fp16 cache", loop_option, cached, caches16, b) for b in big[-1:]],
+        (f"(e) loop, {DUMMY_PX} px dummy image", loop_option, small, caches32, batch),
+        (f"(b+e) stacked (vmap), {DUMMY_PX} px dummy image", stacked_option, small, caches32, batch),
+        *[(f"(c+e) loop, batch {b}, {DUMMY_PX} px dummy image", loop_option, small, caches32, b) for b in big[:1]],
+    ]
+    gemm = 2048
+    print(f"\ncommand: python {' '.join(shlex.quote(a) for a in sys.argv)}")
+    print(f"machine: {machine()}; torch {torch.__version__}; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"suffix FLOPs per image (FlopCounterMode): forward {forward / 1e6:.1f} M; GFLOP/s = 3 × forward "
+          f"× images/s; "
+          f"{len(labels)} models, batch per model as listed; GEMM {gemm}×{gemm} fp32; "
+          f"medians of {rounds} interleaved rounds")
+    rows = []
+    for count in threads:
+        torch.set_num_threads(count)
+        options = [make(label, model, _Batches(caches, labels, b)) for label, make, model, caches, b in specs]
+        mm = matmul_option(gemm)
+        for option in options:  # warm-up: allocators, oneDNN primitives
+            option.step()
+        mm()
+        # GEMM first, then each option; each round starts one further along, so no option
+        # always runs right after the same neighbour or at the same point of a round.
+        jobs: list[tuple[str, Callable[[], float]]] = [("gemm", mm)] + [
+            (o.label, lambda o=o: 3.0 * forward * o.step()) for o in options]
+        wall: dict[str, list[float]] = {label: [] for label, _ in jobs}
+        cpu: dict[str, list[float]] = {label: [] for label, _ in jobs}
+        flops: dict[str, float] = {}
+        for r in range(rounds):
+            for label, job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                flops[label] = job()
+                wall[label].append(time.perf_counter() - start)
+                cpu[label].append(time.process_time() - start_cpu)
+        peak = flops["gemm"] / statistics.median(wall["gemm"]) / 1e9
+        peak_cpu = flops["gemm"] / statistics.median(cpu["gemm"]) / 1e9
+        for option in options:
+            gflops = flops[option.label] / statistics.median(wall[option.label]) / 1e9
+            gflops_cpu = flops[option.label] / statistics.median(cpu[option.label]) / 1e9
+            rows.append((option.label, count, option.batch, gflops * 1e9 / (3 * forward), gflops, peak,
+                         gflops_cpu, peak_cpu))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\n| option | threads | batch / model | images/s | GFLOP/s | matmul GFLOP/s | % of matmul | "
+          "% of matmul, CPU time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, count, b, rate, gflops, peak, gflops_cpu, peak_cpu in rows:
+        print(f"| {label} | {count} | {b} | {rate:.0f} | {gflops:.1f} | {peak:.1f} | {100 * gflops / peak:.0f} % | "
+              f"{100 * gflops_cpu / peak_cpu:.0f} % |")
+    print("(% of matmul: wall-clock GFLOP/s over the GEMM's; CPU time: the same ratio per CPU-second of this "
+          "process, which other processes' load does not dilute)")
+    for count in threads:
+        mine = [r for r in rows if r[1] == count]
+        best, today = max(mine, key=lambda r: r[3]), mine[0]
+        best_cpu = max(mine, key=lambda r: r[6])
+        print(f"{count} thread(s): fastest {best[0]} at {best[3]:.0f} images/s, {best[3] / today[3]:.2f} × today's "
+              f"loop; per CPU-second: {best_cpu[0]}, {best_cpu[6] / today[6]:.2f} × today's loop")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--last", type=int, default=1, help="train the last N blocks (+ head conv)")
     parser.add_argument("--batch", type=int, default=24, help="images per source per step")
     parser.add_argument("--uncached", action="store_true", help="also time HAM on images (slow)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the throughput table (loop / stacked / batch / fp16 cache vs GEMM)")
+    parser.add_argument("--no-throughput", action="store_true", help="only the HAM-vs-floor table")
+    parser.add_argument("--threads", default="1,2", help="thread counts for the throughput table")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per option")
     args = parser.parse_args()
 
     theta0, cut, size = build(args.last)
-    n = args.batch * (args.steps + 2)
+    # Enough cached rows per source for the throughput table's largest batches too.
+    n = max(args.batch * (args.steps + 2), 256)
     cached = copy.deepcopy(theta0)
     cached.cut = cut
     data = source_data(theta0, cut, size, n)
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, trainable=f"last:{args.last}")
+    if args.throughput_only:
+        throughput_table(cached, data, [int(t) for t in args.threads.split(",")], args.rounds, args.batch)
+        return
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"weights: {'../shared MobileNetV2' if shared_dir() else 'random init'}; trainable last:{args.last} "
           f"on cached activations {tuple(data['a'].tensors[0].shape[1:])}; {len(SOURCES)} sources × batch "
@@ -165,6 +386,8 @@ def main() -> None:
         cached_step, _ = ham_seconds_per_step(cached, data, train_cfg, configs[next(iter(configs))], short)
         print(f"HAM step on images (full forward): {uncached:.2f} s; on cached activations: {cached_step:.3f} s; "
               f"speed-up {uncached / cached_step:.1f}x ({short} steps each)")
+    if not args.no_throughput:
+        throughput_table(cached, data, [int(t) for t in args.threads.split(",")], args.rounds, args.batch)
 
 
 if __name__ == "__main__":
