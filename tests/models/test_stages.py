@@ -59,3 +59,20 @@ def test_capture_of_a_block_never_called_is_an_error():
     encoder = Encoder()
     with pytest.raises(RuntimeError, match="never called"):
         capture(encoder, Cut(block="unused", image_size=1), torch.randn(1, 2))
+
+
+@pytest.mark.parametrize("name,block,size", [("mobilenetv2_050", "blocks.5", 32), ("vit_tiny_patch16_224", "blocks.10", 224)])
+def test_a_small_dummy_image_gives_the_same_suffix_and_networks_needing_their_size_get_it(name, block, size, monkeypatch):
+    from dgmerge.models import stages
+
+    torch.manual_seed(0)
+    encoder = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    cut = Cut(block=block, image_size=224)
+    with torch.no_grad():
+        activations = capture(encoder, cut, torch.randn(2, 3, 224, 224))
+        small = run_from(encoder, cut, activations)
+        assert stages._dummy_sizes[encoder][block] == size
+        monkeypatch.setattr(stages, "SMALL_DUMMY", 224)
+        stages._dummy_sizes.clear()
+        full = run_from(encoder, cut, activations)
+    assert torch.equal(small, full)

@@ -14,9 +14,9 @@ ROWS = [
     row("erm", 100, 0.60, 0.50), row("erm", 100, 0.70, 0.40, "b"),
     row("erm", 300, 0.80, 0.55), row("erm", 300, 0.82, 0.45, "b"),
     row("erm", 1000, 0.84, 0.30), row("erm", 1000, 0.82, 0.20, "b"),
-    row("single_source_mean", 100, 0.50, 0.50), row("single_source_mean", 300, 0.70, 0.50),
-    row("single_source_mean", 1000, 0.71, 0.99),
-    row("source:a", 1000, 0.99, 0.99),  # per-source rows are not plotted
+    row("source:p", 100, 0.40, 0.50), row("source:q", 100, 0.60, 0.50),
+    row("source:p", 300, 0.70, 0.50), row("source:p", 1000, 0.71, 0.99),
+    row("single_source_mean", 1000, float("nan"), 0.10),  # the mean row has no validation: left out
 ]
 
 
@@ -26,6 +26,9 @@ def test_the_table_averages_cells_per_budget():
     assert table["erm"][100]["val"] == pytest.approx(65.0) and table["erm"][100]["cells"] == 2
     assert table["erm"][100]["val_std"] == pytest.approx(7.0711, abs=1e-3)
     assert table["erm"][1000]["test"] == pytest.approx(25.0)
+    # Single-source: every source model of a cell is a point.
+    assert table["single_source_mean"][100]["val"] == pytest.approx(50.0) and table["single_source_mean"][100]["cells"] == 2
+    assert table["single_source_mean"][1000]["test"] == pytest.approx(99.0)
 
 
 def test_the_budget_is_the_smallest_within_tolerance_of_the_best_source_validation():

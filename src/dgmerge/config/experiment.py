@@ -92,9 +92,6 @@ class TrainConfig(StrictModel):
     history_device: Literal["same", "cpu"] = "same"
     # Seconds between progress lines when stderr is not a terminal (0 = every step).
     log_every_s: float = Field(default=30.0, ge=0.0)
-    # Train HAM's N_S models (and DiWA's M runs) as one batched computation over stacked
-    # parameters (torch.func.vmap) instead of one after the other; same weights to float tolerance.
-    stacked: bool = False
 
     @field_validator("device")
     @classmethod

@@ -14,6 +14,7 @@ the sequential stages of CNNs and for transformer blocks.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -79,12 +80,30 @@ def run_from(encoder: nn.Module, cut: Cut, activations: torch.Tensor) -> torch.T
         return (activations, *args[1:])
 
     handle = block.register_forward_pre_hook(inject)
-    # Only the frozen prefix sees the dummy image; the hook discards what it computes.
-    dummy = torch.zeros(1, 3, cut.image_size, cut.image_size, dtype=activations.dtype, device=activations.device)
     try:
-        return encoder(dummy)
+        # Only the frozen prefix sees the dummy image; the hook discards what it computes. A
+        # small dummy saves that work (at 224 px it costs as much as ~20 images through the
+        # suffix); networks that need their own input size (a ViT's position embedding) get it.
+        sizes = _dummy_sizes.setdefault(encoder, {})
+        size = sizes.get(cut.block, min(SMALL_DUMMY, cut.image_size))
+        dummy = torch.zeros(1, 3, size, size, dtype=activations.dtype, device=activations.device)
+        try:
+            out = encoder(dummy)
+        except Exception:
+            if size == cut.image_size:
+                raise
+            size = cut.image_size
+            dummy = torch.zeros(1, 3, size, size, dtype=activations.dtype, device=activations.device)
+            out = encoder(dummy)
+        sizes[cut.block] = size
+        return out
     finally:
         handle.remove()
+
+
+# Side of run_from's first-choice dummy image, and the size that worked per encoder and cut.
+SMALL_DUMMY = 32
+_dummy_sizes: "weakref.WeakKeyDictionary[nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
 
 
 class StageEncoder(nn.Module):

@@ -14,16 +14,20 @@ from typing import Any, Iterable, Sequence
 from dgmerge.reports.figures import pyplot, save_figure
 
 # Row method -> label, for the methods a convergence study trains.
-LABELS = {"erm": "ERM", "single_source_mean": "Single-source (mean)", "ham": "HAM"}
+LABELS = {"erm": "ERM", "single_source_mean": "Single-source models", "ham": "HAM"}
 
 
 def budget_table(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:
-    """{method: {steps: {"val": mean, "val_std": std, "test": mean, "cells": n}}} over (seed, domain) cells."""
+    """{method: {steps: {"val": mean, "val_std": std, "test": mean, "cells": n}}} over (seed, domain) cells
+    (and, for the single-source models, over the models of each cell)."""
     values: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row["method"] in LABELS:
+        # The single-source models count one by one (source:<domain> rows, each with its own
+        # source-validation accuracy); their mean row has no validation accuracy of its own.
+        method = "single_source_mean" if row["method"].startswith("source:") else row["method"]
+        if method in LABELS and row["method"] != "single_source_mean":
             steps = int(row["hparams"]["train"]["steps"])
-            values[row["method"]][steps].append((100 * row["val_acc"], 100 * row["test_acc"]))
+            values[method][steps].append((100 * row["val_acc"], 100 * row["test_acc"]))
     table: dict[str, dict[int, dict[str, float]]] = {}
     for method, by_steps in values.items():
         table[method] = {}
