@@ -34,8 +34,9 @@ def test_the_table_averages_cells_per_budget():
 def test_the_budget_is_the_smallest_within_tolerance_of_the_best_source_validation():
     table = budget_table(ROWS)
     # Mean of ERM and single-source source-val: 100 → 57.5, 300 → 75.5, 1000 → 77.0.
-    assert converged_budget(table, tolerance=0.5) == 1000
     assert converged_budget(table, tolerance=2.0) == 300
+    # Still improving at the largest budget: nothing shows more steps would not help.
+    assert converged_budget(table, tolerance=0.5) is None
     # The held-out column never chooses: making 100 steps best on test changes nothing.
     assert converged_budget(budget_table(ROWS + [row("erm", 100, 0.60, 1.0, "c")]), tolerance=2.0) == 300
 

@@ -68,6 +68,9 @@ def convergence_report(opts: BenchOptions, budgets: Sequence[int], figure: Path 
     if chosen is not None:
         lines.append(f"Converged budget (smallest within 0.5 points of the best source-validation accuracy of "
                      f"ERM and the single-source models): **{chosen} steps**.")
+    elif table:
+        lines.append("Not converged yet: the largest budget run is still the best on source validation "
+                     "(by more than 0.5 points); run a larger one.")
     if table:
         path = plot_budgets(table, figure or opts.out / "convergence.png", f"{opts.dataset}: accuracy against steps")
         lines.append(f"\nFigure: {path}")

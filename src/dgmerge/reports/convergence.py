@@ -42,7 +42,8 @@ def budget_table(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[str
 def converged_budget(table: dict[str, dict[int, dict[str, float]]], methods: Sequence[str] = ("erm", "single_source_mean"),
                      tolerance: float = 0.5) -> int | None:
     """The smallest budget whose source-val accuracy (mean over `methods`) is within `tolerance`
-    points of the best budget's: beyond it, more steps no longer help. None without data."""
+    points of the best budget's: beyond it, more steps no longer help. None without data, and
+    None while that budget is the largest run (nothing shows that more steps would not help)."""
     present = [m for m in methods if m in table]
     if not present:
         return None
@@ -51,7 +52,8 @@ def converged_budget(table: dict[str, dict[int, dict[str, float]]], methods: Seq
         return None
     score = {b: statistics.fmean(table[m][b]["val"] for m in present) for b in budgets}
     best = max(score.values())
-    return next(b for b in budgets if score[b] >= best - tolerance)
+    chosen = next(b for b in budgets if score[b] >= best - tolerance)
+    return chosen if chosen < budgets[-1] else None
 
 
 def budget_markdown(table: dict[str, dict[int, dict[str, float]]]) -> str:
