@@ -4,25 +4,17 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from dgmerge.config import HamConfig, TrainConfig
-from dgmerge.models.classifier import Classifier
 from dgmerge.training.batches import BatchStream
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune
 from dgmerge.training.ham import train_ham
 
-from .kill import Killed, KillAfterSave, domain
+from .kill import Killed, KillAfterSave, domain, theta0
 
 
-def theta0() -> Classifier:
-    torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 4))
-    head = nn.Linear(4, 3)
-    head.requires_grad_(False)
-    return Classifier(encoder, head)
 
 
 TRAIN = dict(train={"a": domain(0), "b": domain(1, shift=0.5)}, val={"a": domain(2), "b": domain(3)})

@@ -7,22 +7,14 @@ import torch
 from torch import nn
 
 from dgmerge.config import TrainConfig
-from dgmerge.models.classifier import Classifier
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune, validation_loss
 from dgmerge.training.observers import MovingAverage, trainable_state
 from dgmerge.training.swad import LossValley, SwadObserver
 
-from .kill import Killed, KillAfterSave, domain
+from .kill import Killed, KillAfterSave, domain, theta0
 
 
-def theta0() -> Classifier:
-    torch.manual_seed(0)
-    # Dropout draws from the global generator: observers' validation passes must not shift it.
-    encoder = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 4))
-    head = nn.Linear(4, 3)
-    head.requires_grad_(False)
-    return Classifier(encoder, head)
 
 
 TRAIN = {"a": domain(0), "b": domain(1, shift=0.5)}
@@ -142,12 +134,8 @@ def test_swad_segments_are_the_dense_averages_of_k_steps_and_their_validation_lo
     assert valley.summary()["window"][1] == 9 and set(final) == set(result.final_state)
 
 
-def test_kill_and_resume_ends_with_the_same_ma_and_swad_weights(tmp_path):
-    def observers():
-        return [MovingAverage(3), SwadObserver(LossValley(2, 2, 1.2), every=1)]
-
-    # A high learning rate makes the validation loss turn up at step 5: SWAD converges before the kill.
-    cfg = CFG.model_copy(update={"steps": 16, "lr": 0.3})
+def kill_and_resume(tmp_path, cfg, observers):
+    """(uninterrupted run, its observers, killed-at-step-6-and-resumed run, its observers)."""
     full_obs = observers()
     full = fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, observers=full_obs)
     path = tmp_path / "erm.ckpt"
@@ -155,6 +143,16 @@ def test_kill_and_resume_ends_with_the_same_ma_and_swad_weights(tmp_path):
         fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, checkpoint=KillAfterSave(path, 2, 6), observers=observers())
     resumed_obs = observers()
     resumed = fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, checkpoint=Checkpointer(path, 2), observers=resumed_obs)
+    return full, full_obs, resumed, resumed_obs
+
+
+def test_kill_and_resume_ends_with_the_same_ma_and_swad_weights(tmp_path):
+    def observers():
+        return [MovingAverage(3), SwadObserver(LossValley(2, 2, 1.2), every=1)]
+
+    # A high learning rate makes the validation loss turn up at step 5: SWAD converges before the kill.
+    cfg = CFG.model_copy(update={"steps": 16, "lr": 0.3})
+    full, full_obs, resumed, resumed_obs = kill_and_resume(tmp_path, cfg, observers)
     assert_same_states(full.final_state, resumed.final_state)
     for a, b in zip(full_obs, resumed_obs):
         assert_same_states(a.averaged(full.final_state), b.averaged(resumed.final_state))
@@ -178,13 +176,7 @@ def test_cuda_run_with_averages_kept_on_the_cpu_resumes_exactly(tmp_path):
     def observers():
         return [MovingAverage(3, device="cpu"), SwadObserver(LossValley(2, 2, 1.2, device="cpu"), every=1)]
 
-    full_obs = observers()
-    full = fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, observers=full_obs)
-    path = tmp_path / "erm.ckpt"
-    with pytest.raises(Killed):
-        fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, checkpoint=KillAfterSave(path, 2, 6), observers=observers())
-    resumed_obs = observers()
-    resumed = fine_tune(theta0(), TRAIN, VAL, cfg, seed=1, checkpoint=Checkpointer(path, 2), observers=resumed_obs)
+    full, full_obs, resumed, resumed_obs = kill_and_resume(tmp_path, cfg, observers)
     for a, b in zip(full_obs, resumed_obs):
         averaged = b.averaged(resumed.final_state)
         assert all(t.device.type == "cuda" for t in averaged.values())  # back with the model for scoring
