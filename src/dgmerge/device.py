@@ -68,10 +68,15 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where `module`'s parameters live (the CPU for a module without parameters)."""
+    return next(module.parameters(), torch.empty(0, device="cpu")).device
+
+
 def to_device(state: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """A state dict with every tensor on `device` (no copy for tensors already there)."""
     return {k: v.to(device) for k, v in state.items()}
 
 
 __all__ = ["AUTOCAST_DTYPES", "DEVICE_PATTERN", "DeviceError", "PRECISIONS", "autocast", "check_precision",
-           "grad_scaler", "resolve_device", "to_device"]
+           "grad_scaler", "module_device", "resolve_device", "to_device"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dgmerge.device import module_device
 from dgmerge.gating.combine import (
     base_merge,
     build_gated,
@@ -111,7 +112,7 @@ def score(model: GatedClassifier, data: Dataset, probs: torch.Tensor, task: int,
     counts = {"manual": 0, "auto": 0, "routed": 0}
     total = 0
     own = model.task_classes[task]
-    device = next(model.parameters()).device
+    device = module_device(model)
     for start, (x, y) in zip(range(0, len(probs), batch_size), DataLoader(data, batch_size=batch_size)):
         x, y = x.to(device), torch.as_tensor(y).to(device)
         p = probs[start:start + len(x)].to(device)

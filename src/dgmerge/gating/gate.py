@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dgmerge.data.splits import seed_hash
+from dgmerge.device import module_device
 from dgmerge.models.classifier import NORM_TYPES
 from dgmerge.models.stages import Cut, run_from
 from dgmerge.training.batches import BatchStream
@@ -131,6 +132,6 @@ def train_gate(gate: Gate, task_sets: Sequence[Dataset], *, steps: int = 150, ba
 def gate_probs(gate: Gate, data: Dataset, batch_size: int) -> torch.Tensor:
     """P(x) = softmax(G(x)) for every item of `data`, (n, N)."""
     gate.eval()
-    device = next(gate.parameters()).device
+    device = module_device(gate)
     out = [torch.softmax(gate(x.to(device)), dim=-1) for x, _ in DataLoader(data, batch_size=batch_size)]
     return torch.cat(out)

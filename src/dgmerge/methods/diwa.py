@@ -22,7 +22,7 @@ import torch
 
 from dgmerge.atomic import atomic_write
 from dgmerge.config import ExperimentConfig, TrainConfig
-from dgmerge.device import to_device
+from dgmerge.device import module_device, to_device
 from dgmerge.hashing import config_hash
 from dgmerge.merging.scope import merge_subset
 from dgmerge.methods.cell import Cell, Row
@@ -83,7 +83,7 @@ def run(cell: Cell) -> list[Row]:
     runs = [_train_or_load(cell, i) for i in range(cell.cfg.diwa.runs)]
     start = time.perf_counter() - sum(r.wall_time_s for r in runs)
     theta0 = cell.theta0.state_dict()
-    states = [to_device(r.state, next(cell.theta0.parameters()).device) for r in runs]
+    states = [to_device(r.state, module_device(cell.theta0)) for r in runs]
     # Only what some run changed is averaged: frozen tensors stay θ0's bit for bit.
     keys = [k for k, v in theta0.items() if any(not torch.equal(s[k], v) for s in states)]
     hparams = {"diwa": {**cell.cfg.diwa.model_dump(mode="json"), "draws": [r.describe() for r in runs]}}

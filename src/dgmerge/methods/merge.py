@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from dgmerge.device import module_device
 from dgmerge.config import MERGES_NEEDING_DATA, MergeSpec
 from dgmerge.merging.registry import MergedState
 from dgmerge.merging.scope import merge_subset
@@ -95,7 +96,7 @@ class MergeInputs:
             # The classifier's forward runs from cached activations under a feature cache, so
             # the hooks see exactly what each trained layer saw in training (no prefix is trained).
             return collect_gram(run_.model, self.loader(run_.source), max_batches=batches,
-                                device=device_of(run_.model), conv1x1=True, keys=set(self.keys))
+                                device=module_device(run_.model), conv1x1=True, keys=set(self.keys))
 
         grams = self._per_source(("grams", batches), "RegMean's Gram statistics", collect)
         if not grams[0]:
@@ -151,12 +152,8 @@ def fisher_of(model: Classifier, loader: DataLoader, keys: list[str], **kwargs: 
     for name, param in model.named_parameters():
         param.requires_grad_(name in wanted)
     try:
-        return collect_fisher(model, loader, device=device_of(model), **kwargs)
+        return collect_fisher(model, loader, device=module_device(model), **kwargs)
     finally:
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
 
-
-def device_of(model: torch.nn.Module) -> torch.device:
-    """Where `model`'s parameters live (the statistics are collected there)."""
-    return next(model.parameters()).device

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dgmerge.device import autocast
+from dgmerge.device import autocast, module_device
 from dgmerge.progress import progress
 
 
@@ -17,7 +17,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 128, num_worke
     was_training = model.training
     model.eval()
     # Inputs follow the model (a GPU rank in distributed training), predictions come back to the CPU.
-    device = next(model.parameters(), torch.empty(0, device="cpu")).device
+    device = module_device(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     preds, labels = [], []

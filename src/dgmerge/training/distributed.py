@@ -38,7 +38,7 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
-from dgmerge.training.ham import (HamResult, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
+from dgmerge.training.ham import (HamResult, add_step_totals, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
                                   _with_average, merge_sources, new_source_run, stream_seed)
 
 StateDict = dict[str, Tensor]
@@ -121,8 +121,7 @@ def _merge_histories(histories: list[list[dict[str, Any]]], sources: Sequence[st
         for part in records:
             record.update(part)
         record["sign_conflict"] = statistics.fmean(record[f"sign_conflict/{s}"] for s in sources)
-        record["loss"] = statistics.fmean(record[f"loss/{s}"] for s in sources)
-        record["borrowed"] = sum(record[f"borrowed/{s}"] for s in sources)
+        add_step_totals(record, sources)
         merged.append(record)
     return merged
 

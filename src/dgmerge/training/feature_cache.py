@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dgmerge.device import module_device
 from dgmerge.hashing import config_hash
 from dgmerge.files import read_state_dict, save_state_dict
 from dgmerge.models.stages import Cut, capture
@@ -70,7 +71,7 @@ def cached_activations(encoder: torch.nn.Module, cut: Cut, dataset: Dataset, *, 
     was_training = encoder.training
     encoder.eval()
     chunks, labels = [], []
-    device = next(encoder.parameters(), torch.empty(0, device="cpu")).device
+    device = module_device(encoder)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     for images, targets in progress(loader, desc=desc, total=len(loader)):
         # The prefix runs on the encoder's device; the cache itself lives in host memory.

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dgmerge.config import TrainConfig
-from dgmerge.device import autocast, check_precision, grad_scaler, resolve_device, to_device
+from dgmerge.device import autocast, check_precision, grad_scaler, module_device, resolve_device, to_device
 from dgmerge.models.accuracy import accuracy
 from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress_steps
@@ -63,7 +63,7 @@ def validation_loss(model: Classifier, val_sets: dict[str, Dataset], batch_size:
     """Mean cross-entropy on each training domain's out-split, on the model's device (eval mode)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     losses = {}
     # A DataLoader draws its base seed from the global generator: fork it, so a run with
     # observers draws the same dropout masks as one without.

@@ -242,9 +242,8 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
             for run in runs:
                 record.update(_evaluate(run, val_sets, train_cfg.eval_batch_size, step))
+        add_step_totals(record, sources)
         history.append(record)
-        record["loss"] = statistics.fmean(record[f"loss/{run.name}"] for run in runs)
-        record["borrowed"] = sum(record[f"borrowed/{run.name}"] for run in runs)
         steps.update(images=sum(len(b[1]) for b in batches.values()), loss=record["loss"])
         scalars.write(step, record)
         if checkpoint.due(step, train_cfg.steps):
@@ -265,6 +264,12 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
     result.merged_state = merge_trained(result, theta0_state, ham_cfg)
     result.wall_time_s = time.perf_counter() - start
     return result
+
+
+def add_step_totals(record: dict[str, Any], sources: Sequence[str]) -> None:
+    """The step's totals over the sources: mean loss and samples borrowed (logged, plotted, shown)."""
+    record["loss"] = statistics.fmean(record[f"loss/{s}"] for s in sources)
+    record["borrowed"] = sum(record[f"borrowed/{s}"] for s in sources)
 
 
 # Which per-source states a merge takes, by ham_cfg.historical.

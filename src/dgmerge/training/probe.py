@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dgmerge.config import ProbeConfig
+from dgmerge.device import module_device
 from dgmerge.progress import progress
 
 
@@ -21,7 +22,7 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 128
     """Encoder features (on the encoder's device) and labels of every item of `dataset`, in order."""
     was_training = encoder.training
     encoder.eval()
-    device = next(encoder.parameters(), torch.empty(0, device="cpu")).device
+    device = module_device(encoder)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     feats, labels = [], []
