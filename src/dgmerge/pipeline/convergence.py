@@ -66,11 +66,11 @@ def convergence_report(opts: BenchOptions, budgets: Sequence[int], figure: Path 
              "Source validation chooses; the held-out column is information only.", "",
              budget_markdown(table), ""]
     if chosen is not None:
-        lines.append(f"Converged budget (smallest within 0.5 points of the best source-validation accuracy of "
-                     f"ERM and the single-source models): **{chosen} steps**.")
+        lines.append(f"Converged budget (the smallest at which every method is within 0.5 points of its own best "
+                     f"source-validation accuracy): **{chosen} steps**.")
     elif table:
-        lines.append("Not converged yet: the largest budget run is still the best on source validation "
-                     "(by more than 0.5 points); run a larger one.")
+        lines.append("Not converged yet: some method's largest budget is still its best on source validation "
+                     "(by more than 0.5 points over every smaller one); run a larger one.")
     if table:
         path = plot_budgets(table, figure or opts.out / "convergence.png", f"{opts.dataset}: accuracy against steps")
         lines.append(f"\nFigure: {path}")

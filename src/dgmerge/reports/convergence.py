@@ -39,21 +39,27 @@ def budget_table(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[str
     return table
 
 
-def converged_budget(table: dict[str, dict[int, dict[str, float]]], methods: Sequence[str] = ("erm", "single_source_mean"),
+def converged_budget(table: dict[str, dict[int, dict[str, float]]],
+                     methods: Sequence[str] = ("erm", "single_source_mean", "ham"),
                      tolerance: float = 0.5) -> int | None:
-    """The smallest budget whose source-val accuracy (mean over `methods`) is within `tolerance`
-    points of the best budget's: beyond it, more steps no longer help. None without data, and
-    None while that budget is the largest run (nothing shows that more steps would not help)."""
-    present = [m for m in methods if m in table]
+    """The smallest budget at which every method's source-val accuracy is within `tolerance`
+    points of that method's own best: beyond it, more steps help no method.
+
+    Per method, not on a mean over methods: a flat method must not hide one that still improves.
+    None without data, and None while any method's chosen budget is its largest run (nothing
+    shows that more steps would not help it)."""
+    present = [m for m in methods if m in table and table[m]]
     if not present:
         return None
-    budgets = sorted(set.intersection(*(set(table[m]) for m in present)))
-    if not budgets:
-        return None
-    score = {b: statistics.fmean(table[m][b]["val"] for m in present) for b in budgets}
-    best = max(score.values())
-    chosen = next(b for b in budgets if score[b] >= best - tolerance)
-    return chosen if chosen < budgets[-1] else None
+    chosen = []
+    for method in present:
+        scores = {b: v["val"] for b, v in sorted(table[method].items())}
+        best = max(scores.values())
+        budget = next(b for b, val in scores.items() if val >= best - tolerance)
+        if budget == max(scores):
+            return None
+        chosen.append(budget)
+    return max(chosen)
 
 
 def budget_markdown(table: dict[str, dict[int, dict[str, float]]]) -> str:
