@@ -154,6 +154,36 @@ def test_one_step_historical_average_is_the_midpoint_of_theta0_and_the_model():
                 assert torch.equal(hist[k], theta[k]), k  # frozen tensors stay bit-exact
 
 
+@pytest.mark.parametrize("beta", [2.0, 0.5])
+def test_historical_state_is_the_beta_weighted_mean_of_the_trajectory_by_hand(monkeypatch, beta):
+    """Eq. 7 over T = 3 steps with β ≠ 1/2's symmetry broken: the weights are Beta(β, β) densities at
+    x_t = (t + 0.5) / (T + 1), t = 0..T (θ0 included), computed here from the formula, not the library."""
+    steps, trajectory = 3, {s: [] for s in SOURCES}
+    original = ham_module._source_step
+
+    def recording(run_, *args, **kwargs):
+        record = original(run_, *args, **kwargs)
+        trajectory[run_.name].append({n: p.detach().clone() for n, p in run_.model.named_parameters() if p.requires_grad})
+        return record
+
+    monkeypatch.setattr(ham_module, "_source_step", recording)
+    r = run(cfg=TrainConfig(steps=steps, batch_size=8, lr=5e-2, eval_every=steps), beta=beta)
+    xs = [(t + 0.5) / (steps + 1) for t in range(steps + 1)]
+    gammas = [(x * (1 - x)) ** (beta - 1) for x in xs]  # the Beta normaliser cancels
+    theta = theta0().state_dict()
+    for s in SOURCES:
+        states = [{k: theta[k] for k in r.trainable}] + trajectory[s]
+        assert len(states) == steps + 1
+        for k in r.trainable:
+            expected = sum(g * state[k] for g, state in zip(gammas, states)) / sum(gammas)
+            assert torch.allclose(r.historical_states[s][k], expected, atol=1e-6), (s, k)
+        # The trajectory moved, so another β would give another average: the test sees β.
+        other = [(x * (1 - x)) ** (1.0 / beta - 1) for x in xs]
+        k = r.trainable[0]
+        assert not torch.allclose(sum(g * st[k] for g, st in zip(other, states)) / sum(other),
+                                  r.historical_states[s][k], atol=1e-6)
+
+
 def test_historical_none_merges_the_best_checkpoints_and_ema_is_an_option():
     r = run(historical="none", merge_method="average")
     assert r.historical_states is None and r.merged_from == "best"
