@@ -22,12 +22,6 @@ TRIM_PARAMS = {
 }
 
 
-@register("ties", params={
-    "keep": Param("float", 0, 1, low_open=True, help="k, the fraction of each task vector kept, in (0, 1]"),
-    "scale": Param("float", help="λ applied to the merged task vector"),
-    "aggregate": Param("str", choices=("mean", "sum"), help="disjoint mean (TIES) or disjoint sum"),
-    **TRIM_PARAMS,
-})
 def ties(pretrained: StateDict, finetuned: Sequence[StateDict], *, keep: float = 0.2, scale: float = 1.0,
          level: str = "model", aggregate: str = "mean", threshold: str = "exact",
          sample_size: int = 10_000_000, seed: int = 0) -> MergedState:
@@ -76,3 +70,12 @@ def ties(pretrained: StateDict, finetuned: Sequence[StateDict], *, keep: float =
     result.info["majority_sign"] = majority
     result.info["zero_sum_entries"] = sum(len(d[1]) for d in deferred)
     return result
+
+
+# Registered by a call, not a decorator: mutmut (docs/testing.md) cannot mutate decorated functions.
+ties = register("ties", params={
+    "keep": Param("float", 0, 1, low_open=True, help="k, the fraction of each task vector kept, in (0, 1]"),
+    "scale": Param("float", help="λ applied to the merged task vector"),
+    "aggregate": Param("str", choices=("mean", "sum"), help="disjoint mean (TIES) or disjoint sum"),
+    **TRIM_PARAMS,
+})(ties)

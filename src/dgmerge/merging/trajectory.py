@@ -120,15 +120,15 @@ class EMA(_RunningAverage):
             raise MergeError(f"EMA decay={decay} must be in [0, 1)")
         self.decay = decay
 
-    @torch.no_grad()
     def update(self, model_or_state: nn.Module | Mapping[str, Tensor]) -> None:
         """Fold the current weights into the average."""
-        state = _state_of(model_or_state)
-        if self.updates == 0:
-            self._start(state)
-        else:
-            self._blend(state, self.decay, 1 - self.decay)
-        self.updates += 1
+        with torch.no_grad():
+            state = _state_of(model_or_state)
+            if self.updates == 0:
+                self._start(state)
+            else:
+                self._blend(state, self.decay, 1 - self.decay)
+            self.updates += 1
 
 
 class HistoricalAverage(_RunningAverage):
@@ -154,24 +154,24 @@ class HistoricalAverage(_RunningAverage):
         self.total_weight = 0.0
         self.step = 0
 
-    @torch.no_grad()
     def update(self, model_or_state: nn.Module | Mapping[str, Tensor], step: int | None = None) -> float:
         """Fold θ_t in with weight γ_t; returns γ_t. Zero-weight steps leave the average as is."""
-        step = self.step if step is None else step
-        weight = float(self.weight_fn(step))
-        if not math.isfinite(weight) or weight < 0:
-            raise MergeError(f"historical weight γ_{step}={weight} must be finite and ≥ 0")
-        state = _state_of(model_or_state)
-        if self.updates == 0:
-            self._start(state)
-        elif weight > 0:
-            total = self.total_weight + weight
-            self._blend(state, self.total_weight / total if total > 0 else 0.0,
-                        weight / total if total > 0 else 1.0)
-        self.total_weight += weight
-        self.updates += 1
-        self.step = step + 1
-        return weight
+        with torch.no_grad():
+            step = self.step if step is None else step
+            weight = float(self.weight_fn(step))
+            if not math.isfinite(weight) or weight < 0:
+                raise MergeError(f"historical weight γ_{step}={weight} must be finite and ≥ 0")
+            state = _state_of(model_or_state)
+            if self.updates == 0:
+                self._start(state)
+            elif weight > 0:
+                total = self.total_weight + weight
+                self._blend(state, self.total_weight / total if total > 0 else 0.0,
+                            weight / total if total > 0 else 1.0)
+            self.total_weight += weight
+            self.updates += 1
+            self.step = step + 1
+            return weight
 
     def _counters(self) -> dict[str, Any]:
         return {"total_weight": self.total_weight, "step": self.step}

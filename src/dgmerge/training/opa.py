@@ -16,18 +16,18 @@ from torch.nn import functional as F
 OpaMode = Literal["elementwise", "dot"]
 
 
-@torch.no_grad()
 def update_vector(params: Sequence[Tensor], theta0: Sequence[Tensor]) -> list[Tensor]:
     """v = θ − θ0 per tensor, detached (the inputs of v̄ and of the conflict rate)."""
-    return [p.detach() - p0 for p, p0 in zip(params, theta0)]
+    with torch.no_grad():
+        return [p.detach() - p0 for p, p0 in zip(params, theta0)]
 
 
-@torch.no_grad()
 def mean_update(updates: Sequence[Sequence[Tensor]]) -> list[Tensor]:
     """v̄^l = mean over models of v_i^l, for each tensor l."""
-    if not updates:
-        raise ValueError("mean_update needs at least one model's update vector")
-    return [torch.stack(layer).mean(dim=0) for layer in zip(*updates)]
+    with torch.no_grad():
+        if not updates:
+            raise ValueError("mean_update needs at least one model's update vector")
+        return [torch.stack(layer).mean(dim=0) for layer in zip(*updates)]
 
 
 def sign_loss(params: Sequence[Tensor], theta0: Sequence[Tensor], mean: Sequence[Tensor],
@@ -49,7 +49,6 @@ def sign_loss(params: Sequence[Tensor], theta0: Sequence[Tensor], mean: Sequence
     return torch.stack(penalties).mean()
 
 
-@torch.no_grad()
 def mean_update_and_conflicts(params: Sequence[Sequence[Tensor]],
                               theta0: Sequence[Tensor]) -> tuple[list[Tensor], list[float]]:
     """v̄ and each model's sign-conflict rate against it, from every model's current weights.
@@ -57,30 +56,31 @@ def mean_update_and_conflicts(params: Sequence[Sequence[Tensor]],
     Same values as mean_update + sign_conflict_rate, computed one tensor at a time so only
     v̄ (one model's size) is kept, not all N_S update vectors.
     """
-    if not params:
-        raise ValueError("mean_update_and_conflicts needs at least one model")
-    mean: list[Tensor] = []
-    conflicts = [0] * len(params)
-    total = 0
-    for layer, p0 in enumerate(theta0):
-        updates = [model[layer].detach() - p0 for model in params]
-        layer_mean = torch.stack(updates).mean(dim=0)
-        for i, update in enumerate(updates):
-            conflicts[i] += int(((update * layer_mean) < 0).sum())
-        total += p0.numel()
-        mean.append(layer_mean)
-    return mean, [c / total if total else 0.0 for c in conflicts]
+    with torch.no_grad():
+        if not params:
+            raise ValueError("mean_update_and_conflicts needs at least one model")
+        mean: list[Tensor] = []
+        conflicts = [0] * len(params)
+        total = 0
+        for layer, p0 in enumerate(theta0):
+            updates = [model[layer].detach() - p0 for model in params]
+            layer_mean = torch.stack(updates).mean(dim=0)
+            for i, update in enumerate(updates):
+                conflicts[i] += int(((update * layer_mean) < 0).sum())
+            total += p0.numel()
+            mean.append(layer_mean)
+        return mean, [c / total if total else 0.0 for c in conflicts]
 
 
-@torch.no_grad()
 def sign_conflict_rate(update: Sequence[Tensor], mean: Sequence[Tensor]) -> float:
     """Fraction of elements where v_i and v̄ have strictly opposite signs (v_i ⊙ v̄ < 0).
 
     Zeros are not conflicts: at θ0 every update is zero and nothing can cancel.
     """
-    conflicts = sum(int(((u * m) < 0).sum()) for u, m in zip(update, mean, strict=True))
-    total = sum(u.numel() for u in update)
-    return conflicts / total if total else 0.0
+    with torch.no_grad():
+        conflicts = sum(int(((u * m) < 0).sum()) for u, m in zip(update, mean, strict=True))
+        total = sum(u.numel() for u in update)
+        return conflicts / total if total else 0.0
 
 
 __all__ = ["OpaMode", "mean_update", "mean_update_and_conflicts", "sign_conflict_rate", "sign_loss", "update_vector"]
