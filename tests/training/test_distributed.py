@@ -1,4 +1,10 @@
-"""Distributed HAM (one gloo process per source, CPU) equals the single-process lockstep run."""
+"""Distributed HAM (one gloo process per source, CPU) against references that do not share its step code.
+
+`test_distributed_equals_lockstep` compares with the single-process `train_ham`, but both loops
+call the same `ham._source_step`, so a bug there passes it. The other two tests compare with
+code paths that share none of it: a plain `fine_tune` per source (SAE and OPA off), and SAE's
+step-1 threshold, borrow counts and loss computed by hand from θ0's confidences.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
 from dgmerge.models.classifier import Classifier
+from dgmerge.training.finetune import fine_tune
 from dgmerge.training.ham import HamConfig, train_ham
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -78,7 +86,8 @@ def _worker(rank: int, world: int, port: int, n_sources: int, ham_cfg: HamConfig
             assert result is not None
             torch.save({"merged": dict(result.merged_state), "final": result.final_states,
                         "historical": result.historical_states, "best": result.best_states,
-                        "best_steps": result.best_steps, "history": result.history}, out)
+                        "best_steps": result.best_steps, "best_val_accs": result.best_val_accs,
+                        "history": result.history}, out)
         else:
             assert result is None
         # Nobody tears the group down while a peer still uses it (gloo can abort the late rank).
@@ -135,6 +144,92 @@ def test_distributed_equals_lockstep(tmp_path: Path, one_thread, n_sources: int,
         assert mine.keys() == ref.keys()
         for key in ("tau/s0", "borrowed/s0", "loss_sign/s1"):
             assert mine[key] == pytest.approx(ref[key], abs=1e-5), key
+
+
+def test_without_sae_and_opa_each_rank_trains_what_a_single_source_fine_tune_trains(tmp_path: Path, one_thread):
+    """SAE and OPA off, best checkpoints merged: HAM's modules do nothing, so rank i's model is a
+    plain single-source fine-tune on source i — same AdamW, cosine schedule, batches
+    (`fine_tune` draws one domain's stream with seed·1000, which is HAM's default single_source
+    scheme), checkpoint selection on the mean accuracy over every source's val split.
+
+    `fine_tune` shares no code with `ham._source_step`, `_evaluate` or the distributed loop, so a
+    bug in the per-source step (the loss, the optimizer or schedule step, the best-checkpoint
+    rule) or in what rank 0 gathers and merges makes this fail while the lockstep comparison,
+    which runs the same step code on both sides, still passes."""
+    cfg = HamConfig(sae=False, opa=False, historical="none", merge_method="average")
+    got = run_distributed(tmp_path, 2, cfg, seed=2)
+    train, val = domains(2)
+    alone = {s: fine_tune(theta0(), {s: train[s]}, val, CFG, seed=2) for s in train}
+    for source, ref in alone.items():
+        assert close(got["final"][source], ref.final_state), source
+        assert close(got["best"][source], ref.best_state), source
+        assert got["best_steps"][source] == ref.best_step, source
+        assert got["best_val_accs"][source] == pytest.approx(ref.best_val_acc), source
+        assert [h[f"loss_ce/{source}"] for h in got["history"]] == pytest.approx(
+            [h[f"loss/{source}"] for h in ref.history], abs=1e-6), source
+        assert all(h[f"borrowed/{source}"] == 0 and h[f"loss_sign/{source}"] == 0.0 for h in got["history"])
+    # The models trained apart from each other, and the merge is their plain mean.
+    assert not close(got["final"]["s0"], got["final"]["s1"])
+    start = theta0().state_dict()
+    for key, tensor in got["merged"].items():
+        if key.startswith("head."):  # frozen: θ0's, untouched
+            assert torch.equal(tensor, start[key]), key
+        else:
+            want = (alone["s0"].best_state[key] + alone["s1"].best_state[key]) / 2
+            assert torch.allclose(tensor, want, rtol=0, atol=1e-5), key
+
+
+def test_step_one_sae_threshold_borrow_counts_and_loss_match_a_hand_computation(tmp_path: Path, one_thread):
+    """At step 1 every rank's model is θ0, so SAE's numbers follow from θ0 alone: rank i's
+    τ_i = mean max-softmax confidence of θ0 on its own first batch, it borrows the samples of
+    rank j's first batch whose confidence is > τ_i, and its CE loss is θ0's mean CE over its own
+    batch plus the borrowed samples with their own labels.
+
+    Computed here with a plain forward pass and the first batches drawn by hand
+    (randperm(n, seed·1000)[:batch]), this checks what the ranks actually exchanged — the
+    all-gather of batches of different sizes (s1 has 5 images, padded to 8 and trimmed back),
+    their order, their labels — and SAE's rule in the shared step, none of which the lockstep
+    comparison can see when both sides get them wrong alike."""
+    # Seed 4: s0's first batch is less confident than θ0 at the zero padding, so s0 would borrow
+    # the 3 padding rows of s1's short batch if the all-gather did not trim them (asserted below).
+    seed, sources = 4, ("s0", "s1", "s2")
+    cfg = HamConfig(sae=True, opa=True, sae_warmup_steps=0, historical="none", merge_method="average")
+    got = run_distributed(tmp_path, len(sources), cfg, seed=seed)
+    train, _ = domains(len(sources))
+    model = theta0()
+    first = {}
+    for s in sources:
+        x, y = train[s].tensors
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 1000))[:CFG.batch_size]
+        first[s] = (x[idx], y[idx])
+    with torch.no_grad():
+        conf = {s: model(x).softmax(dim=1).max(dim=1).values for s, (x, _) in first.items()}
+    step1 = got["history"][0]
+    assert step1["step"] == 1
+    borrowed_total = 0
+    for i in sources:
+        tau = conf[i].mean()
+        assert step1[f"tau/{i}"] == pytest.approx(tau.item(), abs=1e-6), i
+        xs, ys = [first[i][0]], [first[i][1]]
+        for j in sources:
+            if j == i:
+                continue
+            take = conf[j] > tau
+            assert step1[f"borrow/{i}<-{j}"] == int(take.sum()), (i, j)
+            xs.append(first[j][0][take])
+            ys.append(first[j][1][take])
+        assert step1[f"borrowed/{i}"] == sum(len(y) for y in ys[1:]), i
+        borrowed_total += step1[f"borrowed/{i}"]
+        with torch.no_grad():
+            loss = F.cross_entropy(model(torch.cat(xs)), torch.cat(ys))
+        assert step1[f"loss_ce/{i}"] == pytest.approx(loss.item(), abs=1e-5), i
+    # The case is not vacuous: samples crossed ranks, including from the short, padded batch,
+    # whose zero padding s0 would take for confident samples if it reached SAE.
+    assert borrowed_total > 0
+    assert any(step1[f"borrow/{i}<-s1"] > 0 for i in ("s0", "s2"))
+    with torch.no_grad():
+        padding_confidence = model(torch.zeros(1, 2)).softmax(dim=1).max().item()
+    assert len(first["s1"][1]) == 5 and padding_confidence > conf["s0"].mean().item()
 
 
 def test_world_size_must_equal_number_of_sources(tmp_path: Path):
