@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig
 from dgmerge.files import ModelFileError, save_model
@@ -12,19 +14,65 @@ from dgmerge.gating.gate import new_gate
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier
 from dgmerge.models.heads import LinearHead
+from dgmerge.models.stages import Cut
 
 CFG = BackboneConfig(kind="tiny_cnn", name="micro", image_size=16)
 
 
-def test_gate_round_trip_gives_the_same_probabilities(tmp_path):
+def _micro_gate_logits(raw: dict[str, torch.Tensor], inputs: torch.Tensor, first_block: int = 0) -> torch.Tensor:
+    """A saved tiny_cnn-micro gate's logits from its raw file tensors, with torch.nn.functional
+    only: from block `first_block` on (a cut gate gets that block's input activations),
+    conv3x3 → BN (running statistics) → ReLU → 2×2 max-pool per block, global mean, linear."""
+    x = inputs
+    for block in range(first_block, 4):
+        p = f"encoder.blocks.{block}."
+        x = F.conv2d(x, raw[p + "0.weight"], padding=1)
+        x = F.batch_norm(x, raw[p + "1.running_mean"], raw[p + "1.running_var"], raw[p + "1.weight"],
+                         raw[p + "1.bias"], training=False, eps=1e-5)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.mean(dim=(2, 3)), raw["linear.weight"], raw["linear.bias"])
+
+
+@pytest.mark.parametrize("cut", [None, Cut("blocks.2", 16)], ids=["images", "cut-blocks.2"])
+def test_gate_round_trip_gives_the_hand_computed_probabilities(tmp_path, cut):
+    """A gate written by save_gate and read by load_gate computes P(x) = softmax(linear(encoder(x)))
+    with the weights it was saved with, not with the backbone's θ0 it is rebuilt on.
+
+    The gate is moved away from θ0 first (every encoder tensor, BN statistics included, and the
+    linear layer), as training moves it; otherwise a loader that kept the skeleton's freshly built
+    encoder would compute the same numbers. The reference is a hand-written forward pass over the
+    file's raw tensors, sharing no code with Gate, load_gate or the tiny_cnn module; for a cut gate
+    the inputs are the cut block's input activations, so a loader that dropped the cut (and ran
+    the whole encoder) fails too."""
     backbone = load_backbone(CFG)
-    gate = new_gate(backbone.encoder, backbone.feature_dim, 3, None, trainable=[], seed=1)
+    gate = new_gate(backbone.encoder, backbone.feature_dim, 3, cut, trainable=[], seed=1)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, tensor in gate.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.mul_(1 + torch.rand(tensor.shape, generator=gen))
+            elif tensor.is_floating_point():
+                tensor.add_(0.3 * torch.randn(tensor.shape, generator=gen))
     save_gate(tmp_path / "gate.safetensors", gate, CFG, ["a", "b", "c"], 0.15)
     loaded, meta = load_gate(tmp_path / "gate.safetensors")
-    assert meta["tasks"] == ["a", "b", "c"] and meta["cut"] is None and meta["fraction"] == 0.15
-    x = torch.randn(4, 3, 16, 16)
+    assert meta["tasks"] == ["a", "b", "c"] and meta["fraction"] == 0.15
+    assert meta["cut"] == (cut.block if cut else None) and loaded.cut == cut
+    raw = load_file(tmp_path / "gate.safetensors")
+    assert all(torch.equal(raw[k], v) for k, v in gate.state_dict().items())  # the moved weights were written
+
+    first_block = 0 if cut is None else 2
+    # A cut gate sees blocks.2's input: 16 channels at 4×4 for 16 px images (two 2×2 pools).
+    x = torch.randn(6, 3, 16, 16) if cut is None else torch.randn(6, 16, 4, 4)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), gate.eval()(x))
+        want = _micro_gate_logits(raw, x, first_block)
+        logits = loaded(x)
+        fresh = new_gate(load_backbone(CFG).encoder, backbone.feature_dim, 3, cut, trainable=[], seed=1).eval()(x)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fresh, want, atol=1e-3)  # θ0's gate would not pass the check above
+    probs = torch.softmax(logits, dim=1)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
 def test_a_model_file_is_not_a_gate(tmp_path):
