@@ -2,8 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from typer.testing import CliRunner
@@ -14,6 +18,7 @@ from dgmerge.methods import cell as cell_module
 from dgmerge.methods import build as cell_build
 from dgmerge.pipeline import experiment
 from dgmerge.evaluation.saved_models import score_model
+from dgmerge.models.tiny_cnn import build_tiny_cnn
 
 
 
@@ -26,7 +31,38 @@ def config(root: Path, out: Path, **kw) -> ExperimentConfig:
         train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64), **kw)
 
 
+def _image(path: Path) -> torch.Tensor:
+    """A 64 px PNG as the tiny_cnn's eval transform gives it (RGB in [-1, 1], CHW), by hand."""
+    with Image.open(path) as img:
+        assert img.size == (64, 64)  # the transform's resize and centre crop are then the identity
+        pixels = torch.tensor(np.asarray(img.convert("RGB")), dtype=torch.float32) / 255
+    return ((pixels - 0.5) / 0.5).permute(2, 0, 1)
+
+
+def _tiny_cnn_logits(state: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """A saved tiny_cnn classifier's logits from its raw tensors, with torch.nn.functional only:
+    conv3x3 → BN (running statistics) → ReLU → max-pool per block, global mean, linear head."""
+    x = images
+    for block in range(4):
+        p = f"encoder.blocks.{block}."
+        x = F.conv2d(x, state[p + "0.weight"], padding=1)
+        x = F.batch_norm(x, state[p + "1.running_mean"], state[p + "1.running_var"], state[p + "1.weight"],
+                         state[p + "1.bias"], training=False, eps=1e-5)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.mean(dim=(2, 3)), state["head.linear.weight"], state["head.linear.bias"])
+
+
 def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
+    """Every method's row, the files it saved and a resume, checked against references that share
+    no code with the run: each saved model is re-scored on the held-out domain by a hand-written
+    forward pass over the PNGs (no dgmerge model, dataset or accuracy code), the saved average
+    merge is recomputed by hand from the saved source models, and an interrupted results file
+    resumes to the same rows.
+
+    The random tiny_cnn learns next to nothing in 3 steps (every row sits near chance, 1/5), so
+    accuracy bars against the probe would test luck, not code; instead the probe is fitted hard
+    enough that its predictions are not one constant class, which lets a wrong model, a wrong test
+    set or a wrong label order show up as a different count of correct images."""
     seen_paths: list[str] = []
     real_fine_tune = cell_module.fine_tune
     real_features = cell_build.extract_features
@@ -44,6 +80,8 @@ def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(cell_module, "fine_tune", spy_fine_tune)
     monkeypatch.setattr(cell_build, "extract_features", spy_features)
     cfg = config(tiny_shapes, tmp_path / "run")
+    # A probe fitted long and fast enough to tell some shapes apart on the random features.
+    cfg.probe = ProbeConfig(epochs=50, lr=0.5, batch_size=32)
     cfg.merges = [MergeSpec(method="average"), MergeSpec(method="rhm", hparams={"trim": 0.2}),
                   MergeSpec(method="ties", hparams={"keep": 0.5}, label="ties-k0.5")]
     rows = experiment.run_experiment(cfg, log=lambda _: None)
@@ -51,39 +89,82 @@ def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
     methods = [r["method"] for r in rows]
     assert methods == ["linear_probe", "erm", "source:noisy", "source:solid", "single_source_mean",
                        "merge:average", "merge:rhm", "merge:ties-k0.5"]
-    assert next(r for r in rows if r["method"] == "merge:rhm")["merge_hparams"] == {"trim": 0.2}
+    by = {r["method"]: r for r in rows}
+    assert by["merge:rhm"]["merge_hparams"] == {"trim": 0.2}
     # The target domain fed nothing to training, the probe head or model selection.
     assert seen_paths and not [p for p in seen_paths if "/outline/" in p]
+    outline = sorted((tiny_shapes / "Shapes" / "outline").glob("*/*.png"))
+    classes = sorted({p.parent.name for p in outline})
+    assert len(outline) == 30 and len(classes) == 5
     for row in rows:
         assert all(field in row for field in REQUIRED_FIELDS)
         assert row["test_domain"] == "outline" and "outline" not in row["split"]["sources"]
-        assert 0.0 <= row["test_acc"] <= 1.0
+        assert row["split"]["n_test"] == len(outline)  # the whole held-out domain is the test set
     stored = read_results(tmp_path / "run" / "results.jsonl")
     assert [r["method"] for r in stored] == methods
-    assert (tmp_path / "run" / "models" / "seed0" / "outline" / "merge_average.safetensors").is_file()
     assert (tmp_path / "run" / "logs" / "seed0" / "outline" / "erm.csv").is_file()
 
-    # A saved model reloads from its own metadata and scores as it did in the run.
-    scores = score_model(tmp_path / "run" / "models" / "seed0" / "outline" / "erm.safetensors",
-                         tiny_shapes / "Shapes", ["outline"])
-    erm_row = next(r for r in rows if r["method"] == "erm")
-    assert scores["outline"][1] == pytest.approx(erm_row["test_acc"])
-
-    # The saved files merge on the command line like any checkpoints, and the merged file
-    # scores (with θ0's metadata) exactly as the run's own average merge did.
+    # Each saved model, read back as raw tensors and run by hand on every outline PNG, gets
+    # exactly the row's accuracy: the row scored this model, on the held-out domain, with the
+    # folders' class order. The mean row is the mean of the single-source rows.
     cell_dir = tmp_path / "run" / "models" / "seed0" / "outline"
+    images = torch.stack([_image(p) for p in outline])
+    labels = torch.tensor([classes.index(p.parent.name) for p in outline])
+    files = {m: load_file(cell_dir / f"{m.replace(':', '_')}.safetensors") for m in methods
+             if m != "single_source_mean"}
+    predictions = {}
+    for method, state in files.items():
+        with torch.no_grad():
+            predictions[method] = _tiny_cnn_logits(state, images).argmax(dim=1)
+        correct = int((predictions[method] == labels).sum())
+        assert by[method]["test_acc"] == pytest.approx(correct / len(outline), abs=1e-6), method
+    sources = [by["source:noisy"]["test_acc"], by["source:solid"]["test_acc"]]
+    assert by["single_source_mean"]["test_acc"] == pytest.approx(sum(sources) / 2, abs=1e-6)
+    # Not vacuous: the probe beats chance and its predictions are not one class (with one class
+    # predicted everywhere, any model on any balanced domain would score 1/5).
+    assert by["linear_probe"]["test_acc"] > 1 / 5 + 0.05
+    assert len(set(predictions["linear_probe"].tolist())) > 1
+
+    # The saved models are what their names say: the probe row is θ0 (the seeded random
+    # tiny_cnn under the fitted head); fine-tuning moved the encoder and kept θ0's frozen head;
+    # the average merge is the mean of the two saved source models, computed here by hand.
+    theta0 = files["linear_probe"]
+    fresh = build_tiny_cnn("tiny").state_dict()
+    assert all(torch.equal(theta0[f"encoder.{k}"], v) for k, v in fresh.items())
+    weights = [k for k in theta0 if k.startswith("encoder.") and k.endswith((".0.weight", ".1.weight", ".1.bias"))]
+    for method in ("erm", "source:noisy", "source:solid"):
+        assert max(float((files[method][k] - theta0[k]).abs().max()) for k in weights) > 1e-4, method
+        assert all(torch.equal(files[method][k], theta0[k]) for k in ("head.linear.weight", "head.linear.bias"))
+    noisy, solid = files["source:noisy"], files["source:solid"]
+    for key in weights:
+        torch.testing.assert_close(files["merge:average"][key], (noisy[key] + solid[key]) / 2, rtol=0, atol=1e-7)
+    assert not torch.equal(files["merge:average"][weights[0]], noisy[weights[0]])
+
+    # The saved files merge on the command line like any checkpoints into the run's own average.
     result = CliRunner().invoke(app, ["merge", "--method", "average", "--pretrained", str(cell_dir / "linear_probe.safetensors"),
                                       "--out", str(tmp_path / "merged.safetensors"), "--models",
                                       str(cell_dir / "source_noisy.safetensors"), str(cell_dir / "source_solid.safetensors")])
     assert result.exit_code == 0, result.output
-    merged_scores = score_model(tmp_path / "merged.safetensors", tiny_shapes / "Shapes", ["outline"],
-                                like=cell_dir / "linear_probe.safetensors")
-    average_row = next(r for r in rows if r["method"] == "merge:average")
-    assert merged_scores["outline"][1] == pytest.approx(average_row["test_acc"])
+    cli_merged = load_file(tmp_path / "merged.safetensors")
+    for key in weights:
+        torch.testing.assert_close(cli_merged[key], files["merge:average"][key], rtol=0, atol=1e-7)
+    # ... and `dgmerge evaluate`'s loader scores a saved file as the run did.
+    scores = score_model(cell_dir / "erm.safetensors", tiny_shapes / "Shapes", ["outline"])
+    assert scores["outline"] == (len(outline), pytest.approx(by["erm"]["test_acc"], abs=1e-6))
 
     # Rerunning the same config resumes: nothing is trained again, nothing appended.
     assert experiment.run_experiment(cfg, log=lambda _: None) == []
     assert len(read_results(tmp_path / "run" / "results.jsonl")) == len(rows)
+    # A run killed after its first two rows resumes with the rest, and they are the same rows
+    # (same models from the same seeds, same scores) as the uninterrupted run's.
+    results = tmp_path / "run" / "results.jsonl"
+    results.write_text("".join(results.read_text().splitlines(keepends=True)[:2]))
+    resumed = experiment.run_experiment(cfg, log=lambda _: None)
+    assert [r["method"] for r in resumed] == methods[2:]
+    for row in resumed:
+        assert (row["test_acc"], row["val_acc"]) == pytest.approx((by[row["method"]]["test_acc"],
+                                                                  by[row["method"]]["val_acc"]), nan_ok=True)
+    assert [r["method"] for r in read_results(results)] == methods
 
 
 def test_unknown_test_domain_is_named(tiny_shapes, tmp_path):
