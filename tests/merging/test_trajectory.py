@@ -83,9 +83,49 @@ def test_export_restore_resumes_identically():
     assert a.state_dict()["w"].tolist() == b.state_dict()["w"].tolist()
 
 
+def test_restore_onto_a_storage_device_copies_the_saved_tensors():
+    # The same loaded checkpoint may restore several runs (or be saved again): updates after a
+    # restore must not write into the dict they were restored from.
+    a = HistoricalAverage(weight_fn=lambda t: 1.0, device="cpu")
+    for s in states(1.0, 3.0):
+        a.update(s)
+    saved = a.export()
+    kept = {k: v.clone() for k, v in saved["average"].items()}
+    b = HistoricalAverage(weight_fn=lambda t: 1.0, device="cpu")
+    b.restore(saved)
+    b.update(states(0.0, 0.0, 8.0)[2])
+    assert b.state_dict()["w"].tolist() == pytest.approx([4.0, 8.0])  # (1 + 3 + 8) / 3
+    assert all(torch.equal(saved["average"][k], kept[k]) for k in kept)
+
+
+def test_restore_accepts_dtypes_given_as_torch_dtypes():
+    # export() writes dtype names; a state holding torch.dtype objects (e.g. built in memory)
+    # restores too, and the average comes back in those dtypes.
+    a = EMA(decay=0.5)
+    a.update({"w": torch.tensor([2.0, 4.0], dtype=torch.bfloat16)})
+    saved = a.export()
+    saved["dtypes"] = {"w": torch.bfloat16}
+    b = EMA(decay=0.5, device="cpu")
+    b.restore(saved)
+    b.update({"w": torch.tensor([4.0, 0.0], dtype=torch.bfloat16)})
+    out = b.state_dict()["w"]
+    assert out.dtype == torch.bfloat16
+    assert out.tolist() == [3.0, 2.0]
+
+
+def test_ema_decay_zero_is_the_latest_model():
+    # d = 0 is allowed ([0, 1)): avg ← θ, the average is always the latest weights.
+    ema = EMA(decay=0.0)
+    for s in states(4.0, 8.0, 2.0):
+        ema.update(s)
+    assert ema.state_dict()["w"].tolist() == [2.0, 4.0]
+
+
 def test_errors():
-    with pytest.raises(MergeError):
+    with pytest.raises(MergeError, match=r"^EMA decay=1.0 must be in \[0, 1\)$"):
         EMA(decay=1.0)
+    with pytest.raises(MergeError, match=r"^EMA decay=-0.1 must be in \[0, 1\)$"):
+        EMA(decay=-0.1)
     with pytest.raises(MergeError, match="total_steps"):
         HistoricalAverage()
     with pytest.raises(MergeError, match="no updates"):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -6,8 +8,12 @@ from torch.utils.data import TensorDataset
 from dgmerge.config import ProbeConfig, TrainConfig
 from dgmerge.models.classifier import Classifier
 from dgmerge.training.batches import BatchStream
+from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune
+from dgmerge.training.observers import MovingAverage
 from dgmerge.training.probe import fit_linear_probe
+
+from .kill import Killed, KillAfterSave, domain, theta0
 
 
 def blobs(seed: int, n: int = 60, shift: float = 0.0) -> TensorDataset:
@@ -85,3 +91,17 @@ def test_linear_probe_fits_separable_features_and_is_frozen():
     assert not any(p.requires_grad for p in head.parameters())
     again = fit_linear_probe(data.tensors[0], data.tensors[1], 3, ProbeConfig(epochs=40, lr=5e-2, batch_size=16), 0)
     assert torch.equal(head.weight, again.weight)
+
+
+def test_resuming_a_checkpoint_saved_without_the_runs_observers_says_what_to_do(tmp_path):
+    """The refusal names the file and the missing observers and tells the user how to proceed
+    (the whole message, so a garbled or re-cased advice is caught)."""
+    path = tmp_path / "erm.ckpt"
+    cfg = TrainConfig(steps=6, batch_size=6, lr=2e-2, eval_every=3)
+    train, val = {"a": domain(0)}, {"a": domain(2)}
+    with pytest.raises(Killed):
+        fine_tune(theta0(), train, val, cfg, seed=1, checkpoint=KillAfterSave(path, 2, 4))
+    expected = (f"cannot resume from {path}: it was saved without observers ['ma'] (the methods changed since); "
+                "delete it to start this run afresh")
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        fine_tune(theta0(), train, val, cfg, seed=1, checkpoint=Checkpointer(path, 2), observers=[MovingAverage(0)])

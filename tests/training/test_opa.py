@@ -86,5 +86,27 @@ def test_bad_inputs():
         sign_loss(params(), THETA0, V_BAR, "cosine")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         sign_loss([], [], [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^mean_update needs at least one model's update vector$"):
         mean_update([])
+
+
+def test_sign_conflict_rate_with_zeros_in_the_mean():
+    # v̄ = 0 where the models cancel exactly: u·m = 0 there, never a conflict (a ratio u/m would be
+    # −inf for u < 0 and count one). Products: [0, 2, 0, −3] → 1 conflict of 4.
+    update = [torch.tensor([-1.0, 2.0]), torch.tensor([[3.0, 1.0]])]
+    mean = [torch.tensor([0.0, 1.0]), torch.tensor([[0.0, -3.0]])]
+    assert sign_conflict_rate(update, mean) == pytest.approx(0.25)
+
+
+def test_sign_conflict_rate_refuses_mismatched_lengths():
+    # A v̄ with fewer tensors than v_i (or more) is a caller's bug, not a rate over a prefix.
+    with pytest.raises(ValueError, match="zip"):
+        sign_conflict_rate(V_I, V_BAR[:1])
+    with pytest.raises(ValueError, match="zip"):
+        sign_conflict_rate(V_I[:1], V_BAR)
+
+
+def test_sign_conflict_rate_of_no_elements_is_zero():
+    # Nothing to compare: no conflicts (not a division by zero, not 100 %).
+    assert sign_conflict_rate([], []) == 0.0
+    assert sign_conflict_rate([torch.zeros(0)], [torch.zeros(0)]) == 0.0
