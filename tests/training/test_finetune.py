@@ -105,3 +105,26 @@ def test_resuming_a_checkpoint_saved_without_the_runs_observers_says_what_to_do(
                 "delete it to start this run afresh")
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         fine_tune(theta0(), train, val, cfg, seed=1, checkpoint=Checkpointer(path, 2), observers=[MovingAverage(0)])
+
+
+def test_restored_observer_states_rejoin_the_runs_device():
+    """Checkpoints load on the CPU; each observer gets its state back on the run's device, through
+    nested dicts and lists, with plain values untouched. The meta device stands in for a GPU."""
+    from dgmerge.training.finetune import _restore_observers
+
+    class Keeper:
+        name = "keeper"
+        state = None
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    saved = {"keeper": {"average": {"w": torch.ones(2)}, "segments": [torch.zeros(3), {"b": torch.ones(1)}],
+                        "step": 4, "dtypes": {"w": "float32"}},
+             "other": {"ignored": torch.ones(1)}}
+    keeper = Keeper()
+    _restore_observers([keeper], saved, None, torch.device("meta"))
+    state = keeper.state
+    assert state["average"]["w"].device.type == "meta" and state["average"]["w"].shape == (2,)
+    assert state["segments"][0].device.type == "meta" and state["segments"][1]["b"].device.type == "meta"
+    assert state["step"] == 4 and state["dtypes"] == {"w": "float32"}
