@@ -52,5 +52,18 @@ def test_nothing_foreign_or_nothing_confident():
     own = torch.tensor([0.9])
     assert select_confident(own, {}).total == 0
     assert select_confident(own, {"b": torch.tensor([0.5, 0.8])}).counts() == {"b": 0}
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match=r"^SAE needs a non-empty own batch to set τ_i$"):
         select_confident(torch.tensor([]), {"b": torch.tensor([0.5])})
+
+
+def test_cap_breaks_ties_by_batch_order():
+    # 32 foreign samples, all above τ = 0.5: 0.8 at even positions, 0.9 at odd ones. A cap of 4
+    # must keep the first four 0.9s in the batch (1, 3, 5, 7): the choice among equally confident
+    # samples is the stream's order, not whatever an unstable sort leaves (on this many elements
+    # torch's default sort does reorder ties), so runs are reproducible.
+    foreign = {"b": torch.tensor([0.8, 0.9] * 16)}
+    sel = select_confident(torch.tensor([0.5]), foreign, max_borrow=4)
+    assert sel.indices["b"].tolist() == [1, 3, 5, 7]
+    # 16 + 3: all sixteen 0.9s, then the first three 0.8s (0, 2, 4), in batch order.
+    sel = select_confident(torch.tensor([0.5]), foreign, max_borrow=19)
+    assert sel.indices["b"].tolist() == [0, 1, 2, 3, 4, 5] + list(range(7, 32, 2))
