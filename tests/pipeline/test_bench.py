@@ -53,8 +53,37 @@ def test_missing_inputs_name_the_flag(tmp_path):
     assert result.exit_code == 2 and "--weights" in result.output
 
 
+def check_rows_against_their_probe(rows: dict[str, dict]) -> None:
+    """The quick bench's accuracy bars, relative to the `linear_probe` row of the same cell: θ0,
+    the frozen MobileNetV2 under the probe head, which every other row starts from.
+
+    On 60 photo images (one image = 1.7 points) the current code gives: probe 46.7; ERM 76.7;
+    every pooled, averaged, merged and HAM row 66.7-76.7; the single-source models 46.7 (sketch)
+    to 76.7 (art painting). The bars leave 6 images of slack to each of those minima: a few
+    images may move with the machine's floats, but not a training bug. Pairing each domain's
+    images with another domain's labels in ERM's pooled batches drops ERM to 55.0 (and SWAD,
+    DiWA to 50-57): below these bars, far above the old one (chance, 1/7 = 14.3), which let a
+    row sit 30 points below the probe it started from.
+    """
+    probe = rows["linear_probe"]["test_acc"]
+    assert probe >= 1 / 7 + 0.15, probe  # the probe itself learned the classes
+    assert rows["erm"]["test_acc"] >= probe + 0.2, (rows["erm"]["test_acc"], probe)
+    singles = {m: r["test_acc"] for m, r in rows.items() if m.startswith("source:")}
+    assert len(singles) == 3
+    # One source may transfer poorly to photos (sketch), but not below its starting point.
+    low = {m: acc for m, acc in singles.items() if acc < probe - 0.1}
+    assert not low, (low, probe)
+    assert max(singles.values()) >= probe + 0.1, (singles, probe)
+    assert rows["single_source_mean"]["test_acc"] == pytest.approx(sum(singles.values()) / 3)
+    assert rows["single_source_mean"]["test_acc"] >= probe
+    trained = {m: r["test_acc"] for m, r in rows.items()
+               if m not in singles and m not in ("linear_probe", "single_source_mean")}
+    low = {m: acc for m, acc in trained.items() if acc < probe + 0.1}
+    assert not low, (low, probe)
+
+
 @needs_shared
-def test_quick_bench_produces_every_row_above_chance(tmp_path):
+def test_quick_bench_rows_improve_on_the_probe_they_start_from(tmp_path):
     out = tmp_path / "bench"
     # --jobs 2 with one cell: one worker process, the path a multi-core user takes.
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--quick", "--jobs", "2", "--out", str(out),
@@ -64,10 +93,9 @@ def test_quick_bench_produces_every_row_above_chance(tmp_path):
     rows = {r["method"]: r for r in read_results(out / "results.jsonl")}
     cfg_variants = {f"ham:{v.label}" for v in pacs_cpu_config(BenchOptions(data_root=SHARED / "data")).ham_variants}
     assert set(MAIN_ROWS) | cfg_variants <= set(rows)
-    # 7 classes: chance is 1/7. Every scored row must beat it (single_source_mean is a mean of rows).
-    low = {m: r["test_acc"] for m, r in rows.items() if r["test_acc"] <= 1 / 7}
-    assert not low, low
     assert all(r["test_domain"] == "photo" and r["seed"] == 0 for r in rows.values())
+    assert {r["split"]["n_test"] for r in rows.values()} == {60}  # --quick: 60 images per domain
+    check_rows_against_their_probe(rows)
     assert json.loads((out / "config.json").read_text())["config"]["train"]["trainable"] == "last:1"
     report = (out / "bench-report.md").read_text()
     assert "blocks.6, conv_head, bn2" in report and "224×224 px" in report
