@@ -69,3 +69,21 @@ def test_sampled_threshold_is_close_to_exact_and_reports_error():
     for e, s in zip(exact.info["thresholds"], sampled.info["thresholds"]):
         assert s["method"] == "sampled" and s["error"] < 0.03
         assert s["value"] == pytest.approx(e["value"], rel=0.1)
+
+
+@pytest.mark.parametrize("method, paper", [("ties", {"keep": 0.2, "scale": 1.0, "aggregate": "mean", "level": "model"}),
+                                           ("rhm", {"trim": 0.2, "scale": 1.0, "level": "model"})])
+def test_defaults_are_the_papers_settings(method, paper):
+    """A merge called without hyperparameters runs the paper's (TIES: k = 0.2, disjoint mean;
+    HAM's RHM: r = 0.2), on models where another k, r or aggregate would give other weights."""
+    torch.manual_seed(0)
+    pre = {"w": torch.randn(50), "b": torch.randn(10)}
+    models = [{k: v + torch.randn_like(v) for k, v in pre.items()} for _ in range(3)]
+    default, explicit = merge(method, pre, models), merge(method, pre, models, **paper)
+    assert all(torch.equal(default[k], explicit[k]) for k in pre)
+    assert {k: default.info[k] for k in paper} == paper
+    other = merge(method, pre, models, **{**paper, ("keep" if method == "ties" else "trim"): 0.6})
+    assert not torch.equal(other["w"], default["w"])
+    if method == "ties":
+        summed = merge(method, pre, models, **{**paper, "aggregate": "sum"})
+        assert not torch.equal(summed["w"], default["w"])

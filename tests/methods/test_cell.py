@@ -1,0 +1,109 @@
+"""The cell's small decisions, called on stand-ins: which averages ride on ERM, where they live,
+how long the shared ERM run took, and which row θ0 gets. (End-to-end runs pass whatever these
+return, so a wrong answer here shows only in cost or in a row's name.)"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from dgmerge.config import (BackboneConfig, DataConfig, ExperimentConfig, HamConfig, MAConfig, SwadConfig,
+                            TrainConfig)
+from dgmerge.methods import cell as cell_module
+from dgmerge.methods.cell import Cell
+from dgmerge.models.heads import ZeroShotHead
+
+
+def cfg(methods: list[str], history_device: str = "same") -> ExperimentConfig:
+    return ExperimentConfig(output_dir="unused", seeds=[0], methods=methods,
+                            data=DataConfig(root="unused", dataset="X"),
+                            backbone=BackboneConfig(kind="tiny_cnn", name="micro"),
+                            train=TrainConfig(history_device=history_device, eval_every=7),
+                            ma=MAConfig(start_step=5), swad=SwadConfig(eval_every=3))
+
+
+def observers(methods: list[str], done: set[str] = frozenset(), history_device: str = "same") -> dict:
+    stand_in = SimpleNamespace(cfg=cfg(methods, history_device), done=set(done))
+    return {o.name: o for o in Cell.erm_observers(stand_in)}
+
+
+def test_only_the_averages_the_config_lists_and_has_not_finished_ride_on_erm():
+    assert observers(["erm"]) == {}
+    assert set(observers(["erm", "erm_ma"])) == {"ma"}
+    assert set(observers(["erm", "swad"])) == {"swad"}
+    assert set(observers(["erm_ma", "swad"])) == {"ma", "swad"}
+    # A finished method's average is not rebuilt (its row is on disk; SWAD would cost evaluations).
+    assert set(observers(["erm_ma", "swad"], done={"swad"})) == {"ma"}
+    assert observers(["erm_ma", "swad"], done={"erm_ma", "swad"}) == {}
+    assert observers(["ham"], done={"erm"}) == {}
+    # The configured settings reach the observers.
+    both = observers(["erm_ma", "swad"])
+    assert both["ma"].start_step == 5 and both["swad"].every == 3
+
+
+def test_history_device_cpu_keeps_the_averages_on_the_cpu_and_same_keeps_them_with_the_model():
+    on_cpu = observers(["erm_ma", "swad"], history_device="cpu")
+    assert on_cpu["ma"]._average.device == torch.device("cpu")
+    assert on_cpu["swad"].valley.device == torch.device("cpu")
+    with_model = observers(["erm_ma", "swad"])
+    assert with_model["ma"]._average.device is None and with_model["swad"].valley.device is None
+
+
+def test_the_shared_erm_run_records_its_own_wall_time_and_trains_once():
+    calls = []
+
+    def fine_tune(train_sets, desc, observers=()):
+        calls.append(desc)
+        time.sleep(0.05)
+        return "model", "result"
+
+    stand_in = SimpleNamespace(_erm=None, train_sets={"a": []}, fine_tune=fine_tune, erm_observers=lambda: [])
+    before = time.perf_counter()
+    run = Cell.erm_run(stand_in)
+    elapsed = time.perf_counter() - before
+    assert 0.05 <= run.wall_time_s <= elapsed
+    assert (run.model, run.result, run.observers) == ("model", "result", {})
+    assert Cell.erm_run(stand_in) is run and calls == ["erm"]
+
+
+@pytest.mark.parametrize("head, row", [(ZeroShotHead.__new__(ZeroShotHead), "zero_shot"), (nn.Linear(2, 2), "linear_probe")])
+def test_theta0s_row_is_zero_shot_under_a_text_head_and_linear_probe_under_a_probe(head, row):
+    assert Cell.head_row_name(SimpleNamespace(theta0=SimpleNamespace(head=head))) == row
+
+
+def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
+    """HAM's run gets its own checkpoint file (a kill resumes it), its progress name, TensorBoard
+    folder and loader workers, and both data paths go through the leak guard first."""
+    seen: dict = {}
+
+    def fake_train_ham(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kwargs):
+        seen.update(kwargs, theta=theta, train=train_sets, val=val_sets, seed=seed, ham_cfg=ham_cfg)
+        return SimpleNamespace(history=[{"step": 1}])
+
+    monkeypatch.setattr(cell_module, "train_ham", fake_train_ham)
+    monkeypatch.setattr(cell_module, "save_history", lambda path, history: seen.update(history_path=path))
+    config = cfg(["ham"]).model_copy(update={"output_dir": tmp_path,
+                                             "train": TrainConfig(checkpoint_every=7),
+                                             "data": DataConfig(root="unused", dataset="X", num_workers=2)})
+    guarded = []
+    cell = SimpleNamespace(cfg=config, seed=3, test_domain="sketch", job="J", train_sets={"a": "train-a"},
+                           val_sets={"a": "val-a"}, ham_runs=[], logs_dir=tmp_path / "logs",
+                           guard=lambda data, purpose: guarded.append((data, purpose)), trainable_copy=lambda: "θ0")
+    for method in ("desc", "checkpointer", "tensorboard_dir"):
+        setattr(cell, method, getattr(Cell, method).__get__(cell))
+    ham_cfg = HamConfig(opa_weight=0.5)
+    result = Cell.train_ham(cell, ham_cfg, "ham:no sae")
+    assert guarded == [({"a": "train-a"}, "HAM's training"), ({"a": "val-a"}, "HAM's model selection")]
+    assert (seen["theta"], seen["train"], seen["val"], seen["seed"], seen["ham_cfg"]) == (
+        "θ0", {"a": "train-a"}, {"a": "val-a"}, 3, ham_cfg)
+    assert seen["checkpoint"].path == tmp_path / "checkpoints" / "J" / "seed3" / "sketch" / "ham:no sae.pt"
+    assert seen["checkpoint"].every == 7
+    assert seen["desc"] == "seed 3 / sketch / ham:no sae"
+    assert seen["log_dir"] == tmp_path / "tensorboard" / "seed3" / "sketch" / "ham:no_sae"
+    assert seen["num_workers"] == 2
+    assert seen["history_path"] == tmp_path / "logs" / "ham:no sae.csv"
+    assert cell.ham_runs == [(ham_cfg, result)]
