@@ -84,8 +84,10 @@ def test_streamed_mean_and_conflicts_equal_the_plain_functions():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="mode"):
         sign_loss(params(), THETA0, V_BAR, "cosine")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^sign_loss needs at least one trainable tensor$"):
         sign_loss([], [], [])
+    with pytest.raises(ValueError, match=r"^mean_update_and_conflicts needs at least one model$"):
+        mean_update_and_conflicts([], THETA0)
     with pytest.raises(ValueError, match=r"^mean_update needs at least one model's update vector$"):
         mean_update([])
 
@@ -110,3 +112,33 @@ def test_sign_conflict_rate_of_no_elements_is_zero():
     # Nothing to compare: no conflicts (not a division by zero, not 100 %).
     assert sign_conflict_rate([], []) == 0.0
     assert sign_conflict_rate([torch.zeros(0)], [torch.zeros(0)]) == 0.0
+
+
+def test_sign_loss_refuses_mismatched_lengths():
+    # θ0 or v̄ with fewer tensors than the model is a caller's bug: a loss over a prefix of the
+    # layers would silently leave the rest unaligned (and divide by the wrong N_L).
+    with pytest.raises(ValueError, match="zip"):
+        sign_loss(params(), THETA0[:1], V_BAR)
+    with pytest.raises(ValueError, match="zip"):
+        sign_loss(params(), THETA0, V_BAR[:1])
+
+
+def test_streamed_conflicts_by_hand_with_exact_cancellations():
+    # Three models over two tensors (θ0 = 0 and 1). Updates:
+    #   layer 1: A [1, −1, 0, 2], B [−1, 1, 0, 4], C [0, 0, 0, −3] → v̄ = [0, 0, 0, 1]
+    #   layer 2: A [1, −1],       B [1, 1],        C [1, 0]        → v̄ = [1, 0]
+    # Products with v̄: A [0, 0, 0, 2 | 1, 0], B [0, 0, 0, 4 | 1, 0], C [0, 0, 0, −3 | 1, 0]:
+    # only C's last layer-1 element conflicts; zeros (from v̄ = 0 or v_i = 0) never do.
+    theta0 = [torch.zeros(4), torch.ones(1, 2)]
+    a = [torch.tensor([1.0, -1.0, 0.0, 2.0]), torch.tensor([[2.0, 0.0]])]
+    b = [torch.tensor([-1.0, 1.0, 0.0, 4.0]), torch.tensor([[2.0, 2.0]])]
+    c = [torch.tensor([0.0, 0.0, 0.0, -3.0]), torch.tensor([[2.0, 1.0]])]
+    mean, rates = mean_update_and_conflicts([a, b, c], theta0)
+    assert mean[0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert mean[1].tolist() == [[1.0, 0.0]]
+    assert rates == [0.0, 0.0, pytest.approx(1 / 6)]
+
+
+def test_streamed_conflicts_of_no_elements_are_zero():
+    assert mean_update_and_conflicts([[torch.zeros(0)], [torch.zeros(0)]], [torch.zeros(0)])[1] == [0.0, 0.0]
+    assert mean_update_and_conflicts([[]], []) == ([], [0.0])
