@@ -317,3 +317,22 @@ def test_historical_weights_follow_beta_for_every_step():
         assert weights == pytest.approx([beta_weight(t, 5, beta) for t in range(1, 6)], rel=1e-9)
     # β = 2 is bell-shaped: the middle step weighs most; β = 0.5 is U-shaped.
     assert beta_weight(3, 5, 2.0) > beta_weight(1, 5, 2.0) and beta_weight(3, 5, 0.5) < beta_weight(1, 5, 0.5)
+
+
+def test_a_checkpoint_brings_back_each_models_loss_scale_and_puts_its_best_state_on_its_device(monkeypatch):
+    """fp16's loss scaler (enabled here on the CPU; CUDA's fp16 runs use the same state) resumes at
+    the saved scale, not at a fresh one, and the best state is sent to the model's device."""
+    model = theta0()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    cfg = TrainConfig(steps=4, batch_size=8)
+    saved = ham_module.new_source_run("a", model, names, cfg, HamConfig())
+    saved.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    saved.best_step, saved.best_acc = 3, 0.75
+    resumed = ham_module.new_source_run("a", theta0(), names, cfg, HamConfig())
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    devices = []
+    real = ham_module.to_device
+    monkeypatch.setattr(ham_module, "to_device", lambda state, device: devices.append(device) or real(state, device))
+    ham_module._restore([resumed], {}, {"runs": [ham_module._export(saved)], "streams": {}})
+    assert resumed.scaler.get_scale() == 8.0
+    assert devices == [resumed.device] and (resumed.best_step, resumed.best_acc) == (3, 0.75)

@@ -130,3 +130,23 @@ def test_ham_resume_keeps_each_sources_best_checkpoint_from_before_the_kill(tmp_
                         checkpoint=Checkpointer(path, 3))
     assert resumed.best_steps == {"a": 3, "b": 3} and resumed.best_val_accs == {"a": 0.9, "b": 0.9}
     assert_same_states(full.merged_state, resumed.merged_state)  # the merge of the step-3 checkpoints
+
+
+def test_a_checkpoint_carries_the_cuda_generators_and_restores_them_on_as_many_gpus(tmp_path, monkeypatch):
+    """Dropout on a GPU draws from one generator per device: a checkpoint saves them all and a
+    resume on as many GPUs restores them (faked here, so the CPU suite sees it), or leaves them."""
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    checkpointer = Checkpointer(tmp_path / "run.pt", every=1)
+    checkpointer.save({"step": 1})
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert [s.tolist() for s in saved["cuda_rng"]] == [[1, 2, 3], [4, 5]]
+    assert checkpointer.load()["step"] == 1
+    assert [[s.tolist() for s in r] for r in restored] == [[[1, 2, 3], [4, 5]]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: keep its own generators
+    checkpointer.load()
+    assert len(restored) == 1
