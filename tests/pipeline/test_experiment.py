@@ -16,7 +16,9 @@ from dgmerge.cli.main import app
 from dgmerge.evaluation.results import REQUIRED_FIELDS, read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.methods import build as cell_build
+from dgmerge.config.loading import SHIPPED_CONFIGS
 from dgmerge.pipeline import experiment
+from dgmerge.pipeline.experiment import load_experiment, scope_overrides
 from dgmerge.evaluation.saved_models import score_model
 from dgmerge.models.tiny_cnn import build_tiny_cnn
 
@@ -300,3 +302,20 @@ def test_ham_variant_runs_split_free_and_training_variants(tiny_shapes, tmp_path
     # A variant restricted to other seeds does not run (and does not keep the cell pending).
     cfg.ham_variants = [*variants, HamVariant(label="lam1", set={"opa_weight": 1.0}, seeds=[1])]
     assert experiment.run_experiment(cfg, log=lambda _: None) == []
+
+
+def test_scope_overrides_carry_only_the_options_given():
+    assert scope_overrides() == {}
+    assert scope_overrides(seeds=[2, 0], test_domains=["sketch"], steps=300) == {
+        "seeds": [2, 0], "data.test_domains": ["sketch"], "train.steps": 300}
+    assert scope_overrides(steps=50) == {"train.steps": 50}
+
+
+def test_load_experiment_checks_methods_against_the_experiment_registry(tmp_path):
+    cfg = load_experiment("bench_pacs_cpu", {"seeds": [1]})
+    assert cfg.seeds == [1] and "ham" in cfg.methods
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((SHIPPED_CONFIGS / "bench_pacs_cpu.yaml").read_text().replace(
+        "methods: [linear_probe, erm,", "methods: [linear_probe, ermm,"))
+    with pytest.raises(ValueError, match="ermm"):
+        load_experiment(bad)
