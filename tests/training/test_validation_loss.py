@@ -1,4 +1,4 @@
-"""validation_loss against cross-entropies computed by hand.
+"""validation_loss (and validation_accuracy, to_batch) against values computed by hand.
 
 The model is a lookup table: each "image" is its sample's index and the model returns a fixed
 row of logits, so every sample's CE has a closed form. With logits [0, ln 3] the softmax is
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dgmerge.training.finetune import validation_loss
+from dgmerge.training.finetune import to_batch, validation_accuracy, validation_loss
 
 LN3 = math.log(3.0)
 
@@ -112,3 +112,29 @@ def test_no_memory_pinning_on_the_cpu():
         warnings.simplefilter("always")
         validation_loss(Table([[0.0, LN3]] * 2), {"a": dataset([1, 0])}, batch_size=1)
     assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+
+def test_validation_accuracy_per_domain_by_hand():
+    # Rows predict class 1, 0, 1, 0, 1 (argmax); "a" = samples 0-2 with labels [1, 1, 1] → 2/3,
+    # "b" = samples 3-4 with labels [0, 0] → 1/2. Batches of 2, in bf16 autocast.
+    rows = [[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 1.0]]
+    model = Table(rows)
+    acc = validation_accuracy(model, {"a": dataset([1, 1, 1]), "b": dataset([0, 0], first=3)}, 2, precision="bf16")
+    assert acc == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 2)}
+    assert model.seen == [[0, 1], [2], [3, 4]]
+    assert model.autocast == [(True, torch.bfloat16)] * 3
+    model.autocast.clear()
+    assert validation_accuracy(model, {"a": dataset([1, 1, 1])}, 2) == {"a": pytest.approx(2 / 3)}
+    assert [enabled for enabled, _ in model.autocast] == [False, False]  # fp32 by default: no autocast
+    with pytest.raises(ValueError, match=r"empty dataset \(val c\)"):
+        validation_accuracy(model, {"c": dataset([])}, 2)
+
+
+def test_to_batch_concatenates_the_domains_in_order():
+    # Per-domain batches (labels as a tensor or a list) → one batch, domains in the given order.
+    batches = [(torch.tensor([[1.0], [2.0]]), torch.tensor([0, 1])), (torch.tensor([[3.0]]), [2])]
+    images, labels = to_batch(batches, torch.device("cpu"))
+    assert images.tolist() == [[1.0], [2.0], [3.0]]
+    assert labels.tolist() == [0, 1, 2] and labels.dtype == torch.int64
+    images, labels = to_batch(batches, torch.device("meta"))  # moved to the given device
+    assert images.device.type == "meta" and labels.device.type == "meta" and images.shape == (3, 1)
