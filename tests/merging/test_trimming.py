@@ -1,0 +1,50 @@
+"""Trimming's small pieces (shared by TIES and RHM): σ as a tensor, the mask's float32 comparison,
+the |τ| chunks. The merge-level tests (test_ties.py, test_rhm.py) go through them with float32
+models on the CPU; these cover dtypes and devices those do not."""
+
+import pytest
+import torch
+
+from dgmerge.merging.quantile import Threshold
+from dgmerge.merging.trimming import magnitude_chunks, magnitude_mask, model_sigma
+
+
+def threshold(value: float) -> Threshold:
+    return Threshold(value=value, rank=1, total=4, target_fraction=0.25, method="exact", realized_fraction=0.25,
+                     error=0.0)
+
+
+def test_model_sigma_is_a_float32_column_on_the_requested_device():
+    sigma = model_sigma([threshold(0.5), threshold(2.0)])
+    assert sigma.tolist() == [[0.5], [2.0]] and sigma.dtype == torch.float32 and sigma.device.type == "cpu"
+    # Whatever the default dtype and device (merges run under a default device in the device tests).
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.device("meta"):
+            assert model_sigma([threshold(0.5)], device="cpu").device.type == "cpu"
+            assert model_sigma([threshold(0.5)]).device.type == "cpu"
+        assert model_sigma([threshold(0.5)]).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_mask_compares_in_float32():
+    # σ is a float32 value (a float32 |v|). A float64 magnitude just above it rounds to it in
+    # float32: equal, so trimmed by the strict rule and kept by the ≥ rule, as on float32 models.
+    sigma = torch.tensor([[0.1]], dtype=torch.float32)
+    above = float(sigma) + 1e-12
+    vectors = torch.tensor([[above, -above, 0.5, 0.01]], dtype=torch.float64)
+    assert magnitude_mask(vectors, sigma, strict=True).tolist() == [[False, False, True, False]]
+    assert magnitude_mask(vectors, sigma, strict=False).tolist() == [[True, True, True, False]]
+
+
+def test_magnitude_chunks_are_float32_magnitudes_and_re_iterable():
+    pre = {"w": torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)}
+    fts = [{"w": torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 4.0, 1.0],
+                                                                                      dtype=torch.float64)}]
+    chunks = magnitude_chunks(pre, fts, ["w"])
+    first = list(chunks())
+    assert [c.dtype for c in first] == [torch.float32]
+    assert torch.cat(first, dim=1).tolist() == [[1.0, 0.5, 0.0], [1.0, 3.0, 0.0]]
+    assert [c.tolist() for c in chunks()] == [c.tolist() for c in first]  # a second pass sees the same
