@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dgmerge.merging.quantile import Threshold
-from dgmerge.merging.trimming import magnitude_chunks, magnitude_mask, model_sigma
+from dgmerge.merging.trimming import magnitude_chunks, magnitude_mask, model_sigma, model_thresholds
 
 
 def threshold(value: float) -> Threshold:
@@ -48,3 +48,14 @@ def test_magnitude_chunks_are_float32_magnitudes_and_re_iterable():
     assert [c.dtype for c in first] == [torch.float32]
     assert torch.cat(first, dim=1).tolist() == [[1.0, 0.5, 0.0], [1.0, 3.0, 0.0]]
     assert [c.tolist() for c in chunks()] == [c.tolist() for c in first]  # a second pass sees the same
+
+
+def test_model_thresholds_are_exact_by_default():
+    # |τ| over both tensors: model 1 [1, 0.5, 0 | 3], model 2 [1, 3, 0 | 0.25]; rank 2 → the
+    # 2nd smallest: 0.5 and 0.25, found exactly (no sampling) unless asked.
+    pre = {"a": torch.ones(3), "b": torch.zeros(1)}
+    fts = [{"a": torch.tensor([2.0, 0.5, 1.0]), "b": torch.tensor([3.0])},
+           {"a": torch.tensor([0.0, 4.0, 1.0]), "b": torch.tensor([-0.25])}]
+    found = model_thresholds(pre, fts, ["a", "b"], lambda total: 2)
+    assert [t.value for t in found] == [0.5, 0.25]
+    assert [t.method for t in found] == ["exact", "exact"] and [t.total for t in found] == [4, 4]
