@@ -1,23 +1,12 @@
 """benchmarks/gpu_paper_scale.py --smoke: the GPU benchmark's code on the CPU, as CI runs it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_paper_scale.py"
 
-
-def load():
-    spec = importlib.util.spec_from_file_location("gpu_paper_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_prints_one_json_summary_with_the_promised_keys(capsys):
-    summary = load().main(["--smoke"])
+def test_smoke_prints_one_json_summary_with_the_promised_keys(capsys, script):
+    summary = script("gpu_paper_scale").main(["--smoke"])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(summary))
     for key in ("device", "precision", "erm_images_per_s", "ham_images_per_s", "ham_over_floor", "peak_mem_gib",
@@ -31,8 +20,8 @@ def test_smoke_prints_one_json_summary_with_the_promised_keys(capsys):
         sum(v for k, v in last["grid_gpu_hours"].items() if k != "total"), abs=0.3)
 
 
-def test_the_grid_projection_counts_every_training_run():
-    module = load()
+def test_the_grid_projection_counts_every_training_run(script):
+    module = script("gpu_paper_scale")
     # 1 s per HAM step and 0 for ERM: per (dataset, test domain, seed) the grid trains HAM
     # 2 lrs × 3 λ × (500 + 3000 + 5000 + 10000) steps, scaled by (domains − 1) / 3 sources.
     hours = module.grid_gpu_hours(erm_s=0.0, ham_s=1.0)
