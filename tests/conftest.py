@@ -84,3 +84,27 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
     return root
+
+
+def tiny_cnn_logits_by_hand(raw: dict[str, torch.Tensor], inputs: torch.Tensor, linear: str,
+                            first_block: int = 0) -> torch.Tensor:
+    """A saved tiny_cnn's logits from its raw file tensors, with torch.nn.functional only (a
+    reference sharing no code with dgmerge's models): from block `first_block` on, conv3x3 → BN
+    (running statistics) → ReLU → 2×2 max-pool per block, global mean, then the linear layer whose
+    tensors are `<linear>.weight` / `<linear>.bias` ("head.linear" for a classifier, "linear" for a gate)."""
+    from torch.nn import functional as F
+
+    x = inputs
+    for block in range(first_block, 4):
+        p = f"encoder.blocks.{block}."
+        x = F.conv2d(x, raw[p + "0.weight"], padding=1)
+        x = F.batch_norm(x, raw[p + "1.running_mean"], raw[p + "1.running_var"], raw[p + "1.weight"],
+                         raw[p + "1.bias"], training=False, eps=1e-5)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.mean(dim=(2, 3)), raw[f"{linear}.weight"], raw[f"{linear}.bias"])
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_by_hand():
+    """tiny_cnn_logits_by_hand as a fixture: test modules cannot import conftest."""
+    return tiny_cnn_logits_by_hand

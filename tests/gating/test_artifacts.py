@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig
 from dgmerge.files import ModelFileError, save_model
@@ -19,22 +18,8 @@ from dgmerge.models.stages import Cut
 CFG = BackboneConfig(kind="tiny_cnn", name="micro", image_size=16)
 
 
-def _micro_gate_logits(raw: dict[str, torch.Tensor], inputs: torch.Tensor, first_block: int = 0) -> torch.Tensor:
-    """A saved tiny_cnn-micro gate's logits from its raw file tensors, with torch.nn.functional
-    only: from block `first_block` on (a cut gate gets that block's input activations),
-    conv3x3 → BN (running statistics) → ReLU → 2×2 max-pool per block, global mean, linear."""
-    x = inputs
-    for block in range(first_block, 4):
-        p = f"encoder.blocks.{block}."
-        x = F.conv2d(x, raw[p + "0.weight"], padding=1)
-        x = F.batch_norm(x, raw[p + "1.running_mean"], raw[p + "1.running_var"], raw[p + "1.weight"],
-                         raw[p + "1.bias"], training=False, eps=1e-5)
-        x = F.max_pool2d(F.relu(x), 2)
-    return F.linear(x.mean(dim=(2, 3)), raw["linear.weight"], raw["linear.bias"])
-
-
 @pytest.mark.parametrize("cut", [None, Cut("blocks.2", 16)], ids=["images", "cut-blocks.2"])
-def test_gate_round_trip_gives_the_hand_computed_probabilities(tmp_path, cut):
+def test_gate_round_trip_gives_the_hand_computed_probabilities(tmp_path, cut, tiny_cnn_by_hand):
     """A gate written by save_gate and read by load_gate computes P(x) = softmax(linear(encoder(x)))
     with the weights it was saved with, not with the backbone's θ0 it is rebuilt on.
 
@@ -64,7 +49,7 @@ def test_gate_round_trip_gives_the_hand_computed_probabilities(tmp_path, cut):
     # A cut gate sees blocks.2's input: 16 channels at 4×4 for 16 px images (two 2×2 pools).
     x = torch.randn(6, 3, 16, 16) if cut is None else torch.randn(6, 16, 4, 4)
     with torch.no_grad():
-        want = _micro_gate_logits(raw, x, first_block)
+        want = tiny_cnn_by_hand(raw, x, "linear", first_block)
         logits = loaded(x)
         fresh = new_gate(load_backbone(CFG).encoder, backbone.feature_dim, 3, cut, trainable=[], seed=1).eval()(x)
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)

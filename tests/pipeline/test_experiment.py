@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from torch.nn import functional as F
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
 from typer.testing import CliRunner
@@ -41,20 +40,7 @@ def _image(path: Path) -> torch.Tensor:
     return ((pixels - 0.5) / 0.5).permute(2, 0, 1)
 
 
-def _tiny_cnn_logits(state: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """A saved tiny_cnn classifier's logits from its raw tensors, with torch.nn.functional only:
-    conv3x3 → BN (running statistics) → ReLU → max-pool per block, global mean, linear head."""
-    x = images
-    for block in range(4):
-        p = f"encoder.blocks.{block}."
-        x = F.conv2d(x, state[p + "0.weight"], padding=1)
-        x = F.batch_norm(x, state[p + "1.running_mean"], state[p + "1.running_var"], state[p + "1.weight"],
-                         state[p + "1.bias"], training=False, eps=1e-5)
-        x = F.max_pool2d(F.relu(x), 2)
-    return F.linear(x.mean(dim=(2, 3)), state["head.linear.weight"], state["head.linear.bias"])
-
-
-def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
+def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch, tiny_cnn_by_hand):
     """Every method's row, the files it saved and a resume, checked against references that share
     no code with the run: each saved model is re-scored on the held-out domain by a hand-written
     forward pass over the PNGs (no dgmerge model, dataset or accuracy code), the saved average
@@ -117,7 +103,7 @@ def test_all_methods_rows_models_and_resume(tiny_shapes, tmp_path, monkeypatch):
     predictions = {}
     for method, state in files.items():
         with torch.no_grad():
-            predictions[method] = _tiny_cnn_logits(state, images).argmax(dim=1)
+            predictions[method] = tiny_cnn_by_hand(state, images, "head.linear").argmax(dim=1)
         correct = int((predictions[method] == labels).sum())
         assert by[method]["test_acc"] == pytest.approx(correct / len(outline), abs=1e-6), method
     sources = [by["source:noisy"]["test_acc"], by["source:solid"]["test_acc"]]
