@@ -70,7 +70,8 @@ def test_the_shared_erm_run_records_its_own_wall_time_and_trains_once():
     assert Cell.erm_run(stand_in) is run and calls == ["erm"]
 
 
-@pytest.mark.parametrize("head, row", [(ZeroShotHead.__new__(ZeroShotHead), "zero_shot"), (nn.Linear(2, 2), "linear_probe")])
+@pytest.mark.parametrize("head, row", [(ZeroShotHead.__new__(ZeroShotHead), "zero_shot"),
+                                       (nn.Linear(2, 2), "linear_probe")])
 def test_theta0s_row_is_zero_shot_under_a_text_head_and_linear_probe_under_a_probe(head, row):
     assert Cell.head_row_name(SimpleNamespace(theta0=SimpleNamespace(head=head))) == row
 

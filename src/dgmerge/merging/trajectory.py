@@ -43,7 +43,8 @@ def beta_weight(step: int, total_steps: int, beta: float = 0.5) -> float:
 class _RunningAverage:
     """Shared storage: float accumulators plus the latest non-float buffers.
 
-    device: where the accumulators live; None keeps them with the model's tensors.
+    device: where the accumulators live; None keeps them with the model's tensors. Every incoming
+    tensor is detached first, so an update builds no autograd graph without torch.no_grad.
     """
 
     def __init__(self, device: str | torch.device | None = None) -> None:
@@ -122,13 +123,12 @@ class EMA(_RunningAverage):
 
     def update(self, model_or_state: nn.Module | Mapping[str, Tensor]) -> None:
         """Fold the current weights into the average."""
-        with torch.no_grad():
-            state = _state_of(model_or_state)
-            if self.updates == 0:
-                self._start(state)
-            else:
-                self._blend(state, self.decay, 1 - self.decay)
-            self.updates += 1
+        state = _state_of(model_or_state)
+        if self.updates == 0:
+            self._start(state)
+        else:
+            self._blend(state, self.decay, 1 - self.decay)
+        self.updates += 1
 
 
 class HistoricalAverage(_RunningAverage):
@@ -156,22 +156,21 @@ class HistoricalAverage(_RunningAverage):
 
     def update(self, model_or_state: nn.Module | Mapping[str, Tensor], step: int | None = None) -> float:
         """Fold θ_t in with weight γ_t; returns γ_t. Zero-weight steps leave the average as is."""
-        with torch.no_grad():
-            step = self.step if step is None else step
-            weight = float(self.weight_fn(step))
-            if not math.isfinite(weight) or weight < 0:
-                raise MergeError(f"historical weight γ_{step}={weight} must be finite and ≥ 0")
-            state = _state_of(model_or_state)
-            if self.updates == 0:
-                self._start(state)
-            elif weight > 0:
-                total = self.total_weight + weight
-                self._blend(state, self.total_weight / total if total > 0 else 0.0,
-                            weight / total if total > 0 else 1.0)
-            self.total_weight += weight
-            self.updates += 1
-            self.step = step + 1
-            return weight
+        step = self.step if step is None else step
+        weight = float(self.weight_fn(step))
+        if not math.isfinite(weight) or weight < 0:
+            raise MergeError(f"historical weight γ_{step}={weight} must be finite and ≥ 0")
+        state = _state_of(model_or_state)
+        if self.updates == 0:
+            self._start(state)
+        elif weight > 0:
+            total = self.total_weight + weight
+            self._blend(state, self.total_weight / total if total > 0 else 0.0,
+                        weight / total if total > 0 else 1.0)
+        self.total_weight += weight
+        self.updates += 1
+        self.step = step + 1
+        return weight
 
     def _counters(self) -> dict[str, Any]:
         return {"total_weight": self.total_weight, "step": self.step}

@@ -38,8 +38,8 @@ from dgmerge.models.classifier import Classifier
 from dgmerge.progress import progress
 from dgmerge.training import opa
 from dgmerge.training.batches import BatchStream
-from dgmerge.training.ham import (HamResult, add_step_totals, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
-                                  _with_average, merge_sources, new_source_run, stream_seed)
+from dgmerge.training.ham import (HamResult, _as_batch, _clone_state, _evaluate, _source_step, _trainable_state,
+                                  _with_average, add_step_totals, merge_sources, new_source_run, stream_seed)
 
 StateDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]

@@ -60,28 +60,27 @@ def validation_accuracy(model: Classifier, val_sets: dict[str, Dataset], batch_s
 def validation_loss(model: Classifier, val_sets: dict[str, Dataset], batch_size: int,
                     precision: str = "fp32") -> dict[str, float]:
     """Mean cross-entropy on each training domain's out-split, on the model's device (eval mode)."""
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        device = module_device(model)
-        losses = {}
-        # A DataLoader draws its base seed from the global generator: fork it, so a run with
-        # observers draws the same dropout masks as one without.
-        with torch.random.fork_rng(devices=[]):
-            for name, data in val_sets.items():
-                total, count = 0.0, 0
-                for images, labels in DataLoader(data, batch_size=batch_size, shuffle=False,
-                                                 pin_memory=device.type == "cuda"):
-                    labels = torch.as_tensor(labels).to(device, non_blocking=True)
-                    with autocast(device, precision):
-                        logits = model(images.to(device, non_blocking=True))
-                    total += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-                    count += len(labels)
-                if count == 0:
-                    raise ValueError(f"cannot measure the validation loss on an empty dataset ({name})")
-                losses[name] = total / count
-        model.train(was_training)
-        return losses
+    was_training = model.training
+    model.eval()
+    device = module_device(model)
+    losses = {}
+    # A DataLoader draws its base seed from the global generator: fork it, so a run with
+    # observers draws the same dropout masks as one without.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for name, data in val_sets.items():
+            total, count = 0.0, 0
+            for images, labels in DataLoader(data, batch_size=batch_size, shuffle=False,
+                                             pin_memory=device.type == "cuda"):
+                labels = torch.as_tensor(labels).to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(images.to(device, non_blocking=True))
+                total += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+                count += len(labels)
+            if count == 0:
+                raise ValueError(f"cannot measure the validation loss on an empty dataset ({name})")
+            losses[name] = total / count
+    model.train(was_training)
+    return losses
 
 
 def to_batch(batches: list[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

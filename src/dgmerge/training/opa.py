@@ -24,9 +24,9 @@ def update_vector(params: Sequence[Tensor], theta0: Sequence[Tensor]) -> list[Te
 
 def mean_update(updates: Sequence[Sequence[Tensor]]) -> list[Tensor]:
     """v̄^l = mean over models of v_i^l, for each tensor l."""
+    if not updates:
+        raise ValueError("mean_update needs at least one model's update vector")
     with torch.no_grad():
-        if not updates:
-            raise ValueError("mean_update needs at least one model's update vector")
         return [torch.stack(layer).mean(dim=0) for layer in zip(*updates)]
 
 
@@ -56,9 +56,9 @@ def mean_update_and_conflicts(params: Sequence[Sequence[Tensor]],
     Same values as mean_update + sign_conflict_rate, computed one tensor at a time so only
     v̄ (one model's size) is kept, not all N_S update vectors.
     """
+    if not params:
+        raise ValueError("mean_update_and_conflicts needs at least one model")
     with torch.no_grad():
-        if not params:
-            raise ValueError("mean_update_and_conflicts needs at least one model")
         mean: list[Tensor] = []
         conflicts = [0] * len(params)
         total = 0
