@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 # mutmut 3's exit codes (mutmut/stats.py): what each verdict means here.
@@ -100,11 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no mutmut results under {args.mutants}/src: run `mutmut run` first")
     equivalent = read_equivalent(args.equivalent)
     print(score_table(results, equivalent))
-    pending = defaultdict(int)
-    for module, codes in results.items():
-        pending[module] = sum(code is None for code in codes.values())
-    if any(pending.values()):
-        print(f"\nnot checked yet: {sum(pending.values())} mutants (`mutmut run` resumes them)")
+    pending = sum(code is None for codes in results.values() for code in codes.values())
+    if pending:
+        print(f"\nnot checked yet: {pending} mutants (`mutmut run` resumes them)")
     if args.survivors:
         print("\n" + "\n".join(survivors(results, equivalent)))
 
