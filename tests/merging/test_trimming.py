@@ -5,8 +5,9 @@ models on the CPU; these cover dtypes and devices those do not."""
 import pytest
 import torch
 
-from dgmerge.merging.quantile import Threshold
-from dgmerge.merging.trimming import magnitude_chunks, magnitude_mask, model_sigma, model_thresholds
+from dgmerge.merging.quantile import Threshold, magnitude_thresholds
+from dgmerge.merging.trimming import (magnitude_chunks, magnitude_mask, magnitude_sigmas, model_sigma,
+                                      model_thresholds)
 
 
 def threshold(value: float) -> Threshold:
@@ -59,3 +60,35 @@ def test_model_thresholds_are_exact_by_default():
     found = model_thresholds(pre, fts, ["a", "b"], lambda total: 2)
     assert [t.value for t in found] == [0.5, 0.25]
     assert [t.method for t in found] == ["exact", "exact"] and [t.total for t in found] == [4, 4]
+
+
+def random_models(total: int, n: int = 2) -> tuple[dict, list[dict]]:
+    generator = torch.Generator().manual_seed(7)
+    pre = {"w": torch.zeros(total)}
+    return pre, [{"w": torch.randn(total, generator=generator)} for _ in range(n)]
+
+
+def test_sampled_thresholds_follow_the_seed_they_are_given():
+    # 1,000 magnitudes, 50 sampled: each seed draws other positions, so σ depends on the seed; the
+    # seed must reach the sampler through model_thresholds and magnitude_sigmas (RHM's and TIES' path).
+    pre, fts = random_models(1_000)
+    rank = lambda total: total // 5  # noqa: E731
+    def sampled(seed):
+        return [t.value for t in model_thresholds(pre, fts, ["w"], rank, "sampled", 50, seed)]
+    by_seed = {seed: sampled(seed) for seed in (0, 1, 2)}
+    assert by_seed[0] != by_seed[1] != by_seed[2]
+    direct = magnitude_thresholds(magnitude_chunks(pre, fts, ["w"]), 1_000, [200, 200], "sampled", 50, seed=2)
+    assert by_seed[2] == [t.value for t in direct]
+    # The default seed is 0.
+    assert [t.value for t in model_thresholds(pre, fts, ["w"], rank, "sampled", 50)] == by_seed[0]
+    info: dict = {}
+    sigma, per_tensor = magnitude_sigmas(pre, fts, ["w"], rank, "model", "sampled", 50, 1, info)
+    assert per_tensor is None and sigma.view(-1).tolist() == by_seed[1]
+    assert [t["value"] for t in info["thresholds"]] == by_seed[1]
+
+
+def test_sampling_draws_at_most_ten_million_magnitudes_by_default():
+    # The documented default cap: a model with one magnitude more than the cap is sampled, not read whole.
+    pre, fts = random_models(10_000_001, n=1)
+    found = model_thresholds(pre, fts, ["w"], lambda total: total // 2, "sampled")
+    assert found[0].sample_size == 10_000_000 and found[0].total == 10_000_001
