@@ -108,3 +108,100 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     assert seen["num_workers"] == 2
     assert seen["history_path"] == tmp_path / "logs" / "ham:no sae.csv"
     assert cell.ham_runs == [(ham_cfg, result)]
+
+
+def stand_in_cell(tmp_path, **extra) -> SimpleNamespace:
+    """A cell with Cell's own path and naming helpers bound, and stand-ins for the rest."""
+    config = cfg(["erm"]).model_copy(update={
+        "output_dir": tmp_path, "train": TrainConfig(checkpoint_every=9),
+        "data": DataConfig(root="unused", dataset="X", num_workers=3)})
+    cell = SimpleNamespace(cfg=config, seed=4, test_domain="sketch", job="J", logs_dir=tmp_path / "logs", **extra)
+    for method in ("desc", "checkpointer", "tensorboard_dir", "fine_tune", "classes"):
+        setattr(cell, method, getattr(Cell, method).__get__(cell))
+    return cell
+
+
+class Model:
+    def __init__(self, source):
+        self.source, self.loaded = source, None
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_fine_tune_guards_both_data_paths_and_restores_the_best_state(monkeypatch, tmp_path):
+    """Cell.fine_tune trains θ0 under the source's head on the given sets, selects on the cell's
+    validation sets, resumes from a checkpoint named after the run, and returns the best state."""
+    seen: dict = {}
+
+    def fake_fine_tune(model, train_sets, val_sets, train_cfg, seed, **kwargs):
+        seen.update(kwargs, model=model, train=train_sets, val=val_sets, cfg=train_cfg, seed=seed)
+        return SimpleNamespace(best_state={"best": 1}, history=[{"step": 1}])
+
+    monkeypatch.setattr(cell_module, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(cell_module, "save_history", lambda path, history: seen.update(history=(path, history)))
+    guarded = []
+    cell = stand_in_cell(tmp_path, val_sets={"a": "val-a"}, trainable_copy=Model,
+                         guard=lambda data, purpose: guarded.append((data, purpose)))
+    model, result = cell.fine_tune({"a": "train-a"}, "source a", "a", observers=["obs"])
+    assert guarded == [({"a": "train-a"}, "training"), ({"a": "val-a"}, "model selection")]
+    assert seen["model"] is model  # the copy trained is the copy returned
+    assert model.source == "a" and model.loaded == {"best": 1} and result.best_state == {"best": 1}
+    assert (seen["train"], seen["val"], seen["cfg"], seen["seed"]) == ({"a": "train-a"}, {"a": "val-a"},
+                                                                       cell.cfg.train, 4)
+    assert seen["desc"] == "seed 4 / sketch / source a" and seen["observers"] == ["obs"]
+    assert seen["checkpoint"].path == tmp_path / "checkpoints" / "J" / "seed4" / "sketch" / "source_a.pt"
+    assert seen["checkpoint"].every == 9 and seen["num_workers"] == 3
+    assert seen["log_dir"] == tmp_path / "tensorboard" / "seed4" / "sketch" / "source_a"
+    assert seen["history"] == (tmp_path / "logs" / "source_a.csv", [{"step": 1}])
+    # DiWA's runs replace the config's training settings and the cell's seed; θ0's own head by default.
+    other = TrainConfig(steps=3)
+    model, _ = cell.fine_tune({"a": "train-a"}, "diwa 1", train=other, seed=11)
+    assert model.source is None and seen["cfg"] is other and seen["seed"] == 11
+
+
+def test_each_source_model_trains_on_its_own_source_once(tmp_path):
+    calls = []
+
+    def fine_tune(train_sets, desc, source):
+        calls.append((train_sets, desc, source))
+        time.sleep(0.02)
+        return f"model {source}", f"result {source}"
+
+    stand_in = SimpleNamespace(_sources=None, sources=["a", "b"], train_sets={"a": "A", "b": "B"},
+                               fine_tune=fine_tune)
+    before = time.perf_counter()
+    runs = Cell.source_runs(stand_in)
+    elapsed = time.perf_counter() - before
+    assert calls == [({"a": "A"}, "source a", "a"), ({"b": "B"}, "source b", "b")]
+    assert [(r.source, r.model, r.result) for r in runs] == [("a", "model a", "result a"),
+                                                              ("b", "model b", "result b")]
+    assert all(0.02 <= r.wall_time_s <= elapsed for r in runs)
+    assert Cell.source_runs(stand_in) is runs and len(calls) == 2
+
+
+def test_classes_are_the_datasets_or_each_tasks_own():
+    dg = SimpleNamespace(task_classes={}, index=SimpleNamespace(classes=["dog", "cat"]), sources=["a", "b"])
+    assert Cell.classes(dg) == ["dog", "cat"] and Cell.classes(dg, "a") == ["dog", "cat"]
+    tasks = SimpleNamespace(task_classes={"a": ("x", "y"), "b": ("z",)}, sources=["a", "b"])
+    assert Cell.classes(tasks, "b") == ["z"] and Cell.classes(tasks, "a") == ["x", "y"]
+    assert Cell.classes(tasks) == ["x", "y"]  # θ0's head is the first task's
+    assert isinstance(Cell.classes(tasks, "b"), list)
+
+
+def test_a_saved_models_metadata_is_enough_to_rebuild_it(tmp_path):
+    heads = {"b": ZeroShotHead.__new__(ZeroShotHead)}
+    cell = stand_in_cell(tmp_path, task_classes={}, index=SimpleNamespace(classes=["dog", "cat"]), sources=["a"],
+                         theta0_for=lambda task: SimpleNamespace(head=heads.get(task, nn.Linear(2, 2))))
+    # The backbone as JSON values (a checkpoint path as a string, the mean as a list), so the
+    # metadata can be written into the model file's header.
+    cell.cfg = cell.cfg.model_copy(update={"backbone": BackboneConfig(kind="tiny_cnn", name="micro",
+                                                                      checkpoint="w/tiny.pt", mean=(0.5, 0.5, 0.5))})
+    meta = Cell.model_meta(cell, "erm")
+    assert meta["backbone"]["checkpoint"] == "w/tiny.pt" and meta["backbone"]["mean"] == [0.5, 0.5, 0.5]
+    assert meta == {
+        "method": "erm", "dataset": "X", "test_domain": "sketch", "seed": 4, "classes": ["dog", "cat"],
+        "backbone": {**cell.cfg.backbone.model_dump(mode="json")}, "head": "Linear"}
+    cell.task_classes = {"a": ("x",), "b": ("y", "z")}
+    meta = Cell.model_meta(cell, "gating", task="b")
+    assert meta["task"] == "b" and meta["classes"] == ["y", "z"] and meta["head"] == "ZeroShotHead"

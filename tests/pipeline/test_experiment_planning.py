@@ -1,0 +1,152 @@
+"""The experiment loop's decisions without training: the key that decides which rows belong to a
+run (and so what a resume skips), which cells a config plans, which methods it may name, and which
+methods a results file says are done. End-to-end runs only see the consequences of these when a
+resume goes wrong, so each is checked here against values written out by hand."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig
+from dgmerge.pipeline import experiment
+from dgmerge.pipeline.experiment import check_methods, experiment_key, finished_methods, planned_cells
+
+BASE = ExperimentConfig(output_dir="o", seeds=[0], methods=["erm"], data=DataConfig(root="r", dataset="X"),
+                        backbone=BackboneConfig(kind="tiny_cnn", name="micro"))
+
+
+def changed(path: str, value, cfg: ExperimentConfig = BASE) -> ExperimentConfig:
+    """`cfg` with the dotted setting `path` set to `value`, validated again."""
+    data = cfg.model_dump(mode="json")
+    *sections, name = path.split(".")
+    target = data
+    for section in sections:
+        target = target[section]
+    target[name] = value
+    return ExperimentConfig.model_validate(data)
+
+
+def test_the_key_of_a_config_is_pinned_so_runs_started_by_older_versions_still_resume():
+    # Settings added since (precision, the probe split, MA/SWAD/DiWA, variants) leave the key of a
+    # config that keeps their defaults as it was; a change here orphans every results file on disk.
+    assert experiment_key(BASE) == "1fe6d710997a"
+
+
+@pytest.mark.parametrize("path, value", [
+    ("seeds", [1, 2]), ("methods", ["erm", "ham"]), ("output_dir", "elsewhere"), ("name", "other"),
+    ("save_models", False), ("data.test_domains", ["a"]), ("data.num_workers", 4), ("data.cache_images", True),
+    ("train.feature_cache", "disk"), ("train.feature_cache_dir", "cache"), ("train.checkpoint_every", 10),
+    ("train.device", "cpu"), ("train.history_device", "cpu"), ("train.log_every_s", 1.0),
+    ("probe.split_fraction", 0.3),  # only read when the probe is fitted on its own split
+    ("ham_variants", [{"label": "opa_0.5", "set": {"opa_weight": 0.5}}]), ("ham_variant_runs", "reuse"),
+])
+def test_what_runs_and_how_fast_stays_out_of_the_key(path, value):
+    assert experiment_key(changed(path, value)) == experiment_key(BASE)
+
+
+@pytest.mark.parametrize("path, value", [
+    ("train.lr", 1e-3), ("train.steps", 7), ("train.train_head", True), ("data.dataset", "Y"),
+    ("data.holdout_fraction", 0.3), ("backbone.name", "tiny"), ("ham.opa_weight", 0.5),
+    ("train.precision", "bf16"), ("probe.fit_on", "probe_split"),
+    ("ma.start_step", 3), ("swad.tolerance_ratio", 1.5), ("diwa.runs", 6),
+])
+def test_what_changes_a_result_changes_the_key(path, value):
+    assert experiment_key(changed(path, value)) != experiment_key(BASE)
+
+
+def test_the_probe_splits_size_enters_the_key_once_the_probe_uses_it():
+    split = changed("probe.fit_on", "probe_split")
+    assert experiment_key(changed("probe.split_fraction", 0.3, split)) != experiment_key(split)
+
+
+def test_methods_are_checked_before_anything_runs():
+    check_methods(BASE)
+    with pytest.raises(ValueError, match="name one method twice"):
+        check_methods(changed("methods", ["linear_probe", "zero_shot"]))
+    with pytest.raises(ValueError, match="ma.start_step=9 is past the last step"):
+        check_methods(changed("ma.start_step", 9, changed("train.steps", 5, changed("methods", ["erm_ma"]))))
+    tasks = changed("tasks", {"combos": [["a", "b"]]}, changed("train.feature_cache", "memory"))
+    check_methods(changed("methods", ["single_source", "gating"], tasks))
+    with pytest.raises(ValueError, match=r"methods \['erm', 'ham'\] need one label space"):
+        check_methods(changed("methods", ["single_source", "erm", "ham"], tasks))
+
+
+def index(*domains: str) -> SimpleNamespace:
+    return SimpleNamespace(domains=domains)
+
+
+def test_cells_are_every_seed_times_every_held_out_domain_in_order(monkeypatch):
+    monkeypatch.setattr(experiment, "build_cell", lambda *args: args)
+    cfg = changed("seeds", [3, 1])
+    plan = planned_cells(cfg, index("a", "b", "c"), "K")
+    assert [(seed, name) for seed, name, _ in plan] == [(3, "a"), (3, "b"), (3, "c"), (1, "a"), (1, "b"), (1, "c")]
+    assert plan[4][2]() == (cfg, index("a", "b", "c"), "b", 1, "K")
+    chosen = planned_cells(changed("data.test_domains", ["c", "a"], cfg), index("a", "b", "c"), "K")
+    assert [(seed, name) for seed, name, _ in chosen] == [(3, "c"), (3, "a"), (1, "c"), (1, "a")]
+    with pytest.raises(ValueError, match=r"test domains \['z'\] are not in r/X \(domains: a, b\)"):
+        planned_cells(changed("data.test_domains", ["a", "z"]), index("a", "b"), "K")
+    with pytest.raises(ValueError, match=r"r/X has 1 domain\(s\); leave-one-out needs at least 2"):
+        planned_cells(BASE, index("a"), "K")
+
+
+def test_task_cells_are_every_seed_times_every_combination(monkeypatch):
+    monkeypatch.setattr(experiment, "build_task_cell", lambda *args: args)
+    cfg = changed("seeds", [0, 5], changed("tasks", {"combos": [["a", "b"], ["b", "digits"]]}))
+    plan = planned_cells(cfg, index("a", "b"), "K")
+    assert [(seed, name) for seed, name, _ in plan] == [(0, "a+b"), (0, "b+digits"), (5, "a+b"), (5, "b+digits")]
+    assert plan[3][2]() == (cfg, index("a", "b"), ["b", "digits"], 5, "K")
+    with pytest.raises(ValueError, match="unknown task"):
+        planned_cells(changed("tasks", {"combos": [["a", "q"]]}), index("a", "b"), "K")
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def row(key, seed, domain, method, group=None):
+    out = {"experiment_key": key, "seed": seed, "test_domain": domain, "method": method}
+    return {**out, "method_group": group} if group else out
+
+
+def test_finished_methods_are_this_experiments_rows_with_their_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "read_results", lambda path: [
+        row("K", 0, "a", "erm"), row("K", 0, "a", "merge:ties", "merge"), row("other", 0, "a", "ham"),
+        row("K", 1, "a", "ham:no opa", "ham_variants"), row("K", 0, "b", "ham")])
+    assert finished_methods(tmp_path / "absent.jsonl", "K") == {}
+    (tmp_path / "results.jsonl").touch()
+    assert finished_methods(tmp_path / "results.jsonl", "K") == {
+        (0, "a"): {"erm", "merge:ties", "merge"},
+        # A variant is done one by one: its group is not, since a config may add variants.
+        (1, "a"): {"ham:no opa"},
+        (0, "b"): {"ham"}}
+
+
+def test_the_loop_skips_finished_cells_and_runs_only_whats_left(tmp_path, monkeypatch):
+    cfg = changed("methods", ["erm", "ham"], changed("output_dir", str(tmp_path)))
+    key = experiment_key(cfg)
+    write_rows(tmp_path / "results.jsonl", [row(key, 0, "a", "erm"), row(key, 0, "a", "ham"),
+                                            row(key, 0, "b", "erm"), row("old", 0, "c", "erm")])
+    monkeypatch.setattr(experiment, "scan_domains", lambda path: index("a", "b", "c"))
+    built = []
+
+    def build(name):
+        built.append(name)
+        return SimpleNamespace(name=name)
+
+    monkeypatch.setattr(experiment, "planned_cells", lambda cfg_, index_, key_: [
+        (0, name, partial(build, name)) for name in index_.domains])
+    monkeypatch.setattr(experiment, "run_cell", lambda cell, todo: [(cell.name, todo, cell.done)])
+    lines: list[str] = []
+    rows = experiment.run_experiment(cfg, log=lines.append)
+    assert built == ["b", "c"]
+    assert rows == [("b", ["ham"], {"erm"}), ("c", ["erm", "ham"], set())]
+    assert lines[0] == f"[skip] seed 0, test domain a: already in {tmp_path / 'results.jsonl'}"
+    assert lines[1:] == ["== seed 0 · test domain b · methods ham", "== seed 0 · test domain c · methods erm, ham"]
+    # A parallel worker runs only its own cells.
+    built.clear()
+    assert experiment.run_experiment(cfg, log=lines.append, cells={(0, "c")}) == [("c", ["erm", "ham"], set())]
+    assert built == ["c"]
