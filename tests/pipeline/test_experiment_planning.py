@@ -71,7 +71,8 @@ def test_methods_are_checked_before_anything_runs():
         check_methods(changed("ma.start_step", 9, changed("train.steps", 5, changed("methods", ["erm_ma"]))))
     tasks = changed("tasks", {"combos": [["a", "b"]]}, changed("train.feature_cache", "memory"))
     check_methods(changed("methods", ["single_source", "gating"], tasks))
-    with pytest.raises(ValueError, match=r"methods \['erm', 'ham'\] need one label space"):
+    with pytest.raises(ValueError, match=r"methods \['erm', 'ham'\] need one label space shared by every source; the tasks of "
+                       r"`tasks:` each have their own \(run single_source and gating on tasks\)"):
         check_methods(changed("methods", ["single_source", "erm", "ham"], tasks))
 
 
@@ -150,3 +151,14 @@ def test_the_loop_skips_finished_cells_and_runs_only_whats_left(tmp_path, monkey
     built.clear()
     assert experiment.run_experiment(cfg, log=lines.append, cells={(0, "c")}) == [("c", ["erm", "ham"], set())]
     assert built == ["c"]
+
+
+def test_the_loop_names_task_cells_as_tasks(tmp_path, monkeypatch):
+    cfg = changed("tasks", {"combos": [["a", "b"]]}, changed("methods", ["single_source"],
+                                                             changed("output_dir", str(tmp_path))))
+    monkeypatch.setattr(experiment, "scan_domains", lambda path: index("a", "b"))
+    monkeypatch.setattr(experiment, "planned_cells", lambda *args: [(0, "a+b", lambda: SimpleNamespace())])
+    monkeypatch.setattr(experiment, "run_cell", lambda cell, todo: [])
+    lines: list[str] = []
+    experiment.run_experiment(cfg, log=lines.append)
+    assert lines == ["== seed 0 · tasks a+b · methods single_source"]
