@@ -39,3 +39,17 @@ def test_a_test_image_is_refused_whatever_key_it_hides_under(tmp_path):
     with pytest.raises(DataLeakError, match=r"sketch/dog/1.png reached model selection \(as part of 'photo'\)"):
         refuse_test_samples({"photo": planted}, test, "model selection")
     refuse_test_samples({"photo": planted}, frozenset(), "training")  # multi-task cells hold nothing out
+
+
+class Wrapper(torch.utils.data.Dataset):
+    """A wrapper that names no samples itself (a transform or cache layer): the guard looks inside."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+
+def test_paths_come_through_a_generic_wrapper_and_the_refusal_says_why(tmp_path):
+    assert sample_paths(Wrapper(Named(["x", "y"]))) == ["x", "y"]
+    test = {os.path.abspath(tmp_path / "sketch" / "1.png")}
+    with pytest.raises(DataLeakError, match=r"\(as part of 'a'\); the test domain may only be scored$"):
+        refuse_test_samples({"a": Wrapper(Named([str(tmp_path / "sketch" / "1.png")]))}, test, "training")

@@ -205,3 +205,25 @@ def test_a_saved_models_metadata_is_enough_to_rebuild_it(tmp_path):
     cell.task_classes = {"a": ("x",), "b": ("y", "z")}
     meta = Cell.model_meta(cell, "gating", task="b")
     assert meta["task"] == "b" and meta["classes"] == ["y", "z"] and meta["head"] == "ZeroShotHead"
+
+
+def test_a_sources_model_is_theta0s_encoder_under_that_sources_head(monkeypatch, tmp_path):
+    """Multi-task cells give each task its own head; DG cells (no heads) always use θ0 itself."""
+    from dgmerge.models.classifier import Classifier
+
+    theta0 = Classifier(nn.Linear(3, 4), nn.Linear(4, 2))
+    theta0.cut = "blocks.5"
+    heads = {"b": nn.Linear(4, 5)}
+    cell = SimpleNamespace(theta0=theta0, heads=heads, backbone="BB",
+                           cfg=cfg(["erm"]).model_copy(update={"train": TrainConfig(trainable="last:1",
+                                                                                      train_head=True)}))
+    cell.theta0_for = Cell.theta0_for.__get__(cell)
+    assert cell.theta0_for(None) is theta0 and cell.theta0_for("a") is theta0
+    model_b = cell.theta0_for("b")
+    assert model_b.encoder is theta0.encoder and model_b.head is heads["b"] and model_b.cut == "blocks.5"
+    chosen = []
+    monkeypatch.setattr(cell_module, "set_trainable", lambda *args: chosen.append(args))
+    copy = Cell.trainable_copy(cell, "b")
+    assert copy.head is not heads["b"] and torch.equal(copy.head.weight, heads["b"].weight)  # a copy
+    assert copy.head.out_features == 5 and copy.cut == "blocks.5"
+    assert chosen == [(copy, "BB", "last:1", True)]

@@ -90,6 +90,7 @@ def test_cells_are_every_seed_times_every_held_out_domain_in_order(monkeypatch):
     assert [(seed, name) for seed, name, _ in chosen] == [(3, "c"), (3, "a"), (1, "c"), (1, "a")]
     with pytest.raises(ValueError, match=r"test domains \['z'\] are not in r/X \(domains: a, b\)"):
         planned_cells(changed("data.test_domains", ["a", "z"]), index("a", "b"), "K")
+    assert [name for _, name, _ in planned_cells(BASE, index("a", "b"), "K")] == ["a", "b"]  # 2 is enough
     with pytest.raises(ValueError, match=r"r/X has 1 domain\(s\); leave-one-out needs at least 2"):
         planned_cells(BASE, index("a"), "K")
 
@@ -162,3 +163,16 @@ def test_the_loop_names_task_cells_as_tasks(tmp_path, monkeypatch):
     lines: list[str] = []
     experiment.run_experiment(cfg, log=lines.append)
     assert lines == ["== seed 0 · tasks a+b · methods single_source"]
+
+
+def test_whether_a_method_is_done_depends_on_the_cells_seed(tmp_path, monkeypatch):
+    # A variant run for seed 1 only: seed 1's cell has it to do, seed 0's does not.
+    cfg = changed("ham_variants", [{"label": "v", "set": {"opa_weight": 0.5}, "seeds": [1]}],
+                  changed("methods", ["ham_variants"], changed("seeds", [0, 1], changed("output_dir", str(tmp_path)))))
+    monkeypatch.setattr(experiment, "scan_domains", lambda path: index("a", "b"))
+    monkeypatch.setattr(experiment, "planned_cells", lambda cfg_, index_, key_: [
+        (seed, "a", lambda: SimpleNamespace()) for seed in cfg_.seeds])
+    monkeypatch.setattr(experiment, "run_cell", lambda cell, todo: [todo])
+    lines: list[str] = []
+    assert experiment.run_experiment(cfg, log=lines.append) == [["ham_variants"]]
+    assert lines[0].startswith("[skip] seed 0, test domain a")

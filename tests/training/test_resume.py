@@ -150,3 +150,10 @@ def test_a_checkpoint_carries_the_cuda_generators_and_restores_them_on_as_many_g
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: keep its own generators
     checkpointer.load()
     assert len(restored) == 1
+
+
+def test_a_checkpointer_without_a_path_or_an_interval_saves_nothing(tmp_path):
+    assert not Checkpointer(None, every=5).enabled and Checkpointer(None, every=5).path is None
+    assert not Checkpointer(tmp_path / "c.pt").enabled  # no interval given: off
+    on = Checkpointer(str(tmp_path / "c.pt"), every=5)
+    assert on.enabled and on.path == tmp_path / "c.pt"
