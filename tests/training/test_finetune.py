@@ -128,3 +128,33 @@ def test_restored_observer_states_rejoin_the_runs_device():
     assert state["average"]["w"].device.type == "meta" and state["average"]["w"].shape == (2,)
     assert state["segments"][0].device.type == "meta" and state["segments"][1]["b"].device.type == "meta"
     assert state["step"] == 4 and state["dtypes"] == {"w": "float32"}
+
+
+def test_bad_calls_are_refused_with_the_whole_reason():
+    with pytest.raises(ValueError, match="^fine_tune needs at least one training domain$"):
+        fine_tune(model(), {}, {}, TrainConfig(steps=1), seed=0)
+    frozen = model()
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"^no trainable parameters: check the `trainable` setting$"):
+        fine_tune(frozen, {"a": blobs(0)}, {}, TrainConfig(steps=1), seed=0)
+    with pytest.raises(ValueError, match=re.escape("observers need distinct names (their checkpoint keys), "
+                                                   "got ['ma', 'ma']")):
+        fine_tune(model(), {"a": blobs(0)}, {}, TrainConfig(steps=1), seed=0,
+                  observers=[MovingAverage(0), MovingAverage(1)])
+
+
+def test_defaults_load_batches_in_this_process_and_name_the_run_fine_tune(monkeypatch, capsys):
+    from dgmerge.training import finetune as finetune_module
+
+    workers = []
+    real = finetune_module.BatchStream
+
+    def spy(*args, **kwargs):
+        workers.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "BatchStream", spy)
+    monkeypatch.delenv("DGMERGE_QUIET", raising=False)
+    fine_tune(model(), {"a": blobs(0), "b": blobs(1)}, {}, TrainConfig(steps=2, batch_size=6), seed=0)
+    assert workers == [0, 0]
+    assert capsys.readouterr().err.startswith("fine-tune: step 2/2 (100%)")
