@@ -87,3 +87,47 @@ def test_defaults_are_the_papers_settings(method, paper):
     if method == "ties":
         summed = merge(method, pre, models, **{**paper, "aggregate": "sum"})
         assert not torch.equal(summed["w"], default["w"])
+
+
+def test_exact_cancellation_takes_a_negative_majority_at_its_own_position(monkeypatch):
+    # Entry 1 cancels (2 - 1 - 1 = 0); the others elect -, -, +, - : majority - (balance -3).
+    # Its value is the negative candidates' aggregate: sum -2, disjoint mean -1. With one-entry
+    # pieces the tied entry sits in piece 1, so its position must be offset by the piece's start.
+    pre = {"w": t(0.0, 0.0, 0.0, 0.0, 0.0)}
+    taus = [t(-1.0, 2.0, -1.0, 1.0, -1.0), t(-1.0, -1.0, -1.0, 1.0, -1.0), t(-1.0, -1.0, -1.0, 1.0, -1.0)]
+    fts = [{"w": tau} for tau in taus]
+    monkeypatch.setattr(task_vectors, "PIECE", 1)
+    summed = merge("ties", pre, fts, keep=1.0, aggregate="sum")
+    assert summed["w"].tolist() == [-3.0, -2.0, -3.0, 3.0, -3.0]
+    assert summed.info["majority_sign"] == -1 and summed.info["zero_sum_entries"] == 1
+    assert merge("ties", pre, fts, keep=1.0)["w"].tolist() == [-1.0, -1.0, -1.0, 1.0, -1.0]
+    # The balance is a count over all entries: one negative majority (balance -1) is enough.
+    fts = [{"w": t(2.0, -1.0)}, {"w": t(-2.0, -1.0)}]
+    assert merge("ties", {"w": t(0.0, 0.0)}, fts, keep=1.0)["w"].tolist() == [-2.0, -1.0]
+
+
+def test_an_even_balance_of_signs_takes_the_positive_majority():
+    # Entry 0 cancels (-2 + 1 + 1); the others elect + and -: balance 0, and the reference takes +:
+    # the positive candidates' aggregate, sum 2 or disjoint mean 1.
+    fts = [{"w": t(-2.0, 1.0, -1.0)}, {"w": t(1.0, 1.0, -1.0)}, {"w": t(1.0, 1.0, -1.0)}]
+    out = merge("ties", {"w": t(0.0, 0.0, 0.0)}, fts, keep=1.0)
+    assert out["w"].tolist() == [1.0, 1.0, -1.0] and out.info["majority_sign"] == 1
+    assert merge("ties", {"w": t(0.0, 0.0, 0.0)}, fts, keep=1.0, aggregate="sum")["w"].tolist() == [2.0, 3.0, -3.0]
+
+
+def test_keep_one_needs_no_threshold_pass_and_sampled_thresholds_default_to_seed_0():
+    torch.manual_seed(0)
+    pre = {"w": torch.zeros(1_000)}
+    fts = [{"w": torch.randn(1_000)} for _ in range(2)]
+    assert "thresholds" not in merge("ties", pre, fts, keep=1.0).info
+    def sigmas(**kw):
+        return [th["value"] for th in merge("ties", pre, fts, keep=0.2, threshold="sampled", sample_size=50,
+                                            **kw).info["thresholds"]]
+    assert sigmas() == sigmas(seed=0) != sigmas(seed=1)
+
+
+def test_sampling_draws_at_most_ten_million_magnitudes_by_default():
+    pre = {"w": torch.zeros(10_000_001)}
+    fts = [{"w": torch.randn(10_000_001, generator=torch.Generator().manual_seed(1))}]
+    out = merge("ties", pre, fts, keep=0.5, threshold="sampled")
+    assert out.info["thresholds"][0]["sample_size"] == 10_000_000
