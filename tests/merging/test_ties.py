@@ -114,20 +114,3 @@ def test_an_even_balance_of_signs_takes_the_positive_majority():
     assert out["w"].tolist() == [1.0, 1.0, -1.0] and out.info["majority_sign"] == 1
     assert merge("ties", {"w": t(0.0, 0.0, 0.0)}, fts, keep=1.0, aggregate="sum")["w"].tolist() == [2.0, 3.0, -3.0]
 
-
-def test_keep_one_needs_no_threshold_pass_and_sampled_thresholds_default_to_seed_0():
-    torch.manual_seed(0)
-    pre = {"w": torch.zeros(1_000)}
-    fts = [{"w": torch.randn(1_000)} for _ in range(2)]
-    assert "thresholds" not in merge("ties", pre, fts, keep=1.0).info
-    def sigmas(**kw):
-        return [th["value"] for th in merge("ties", pre, fts, keep=0.2, threshold="sampled", sample_size=50,
-                                            **kw).info["thresholds"]]
-    assert sigmas() == sigmas(seed=0) != sigmas(seed=1)
-
-
-def test_sampling_draws_at_most_ten_million_magnitudes_by_default():
-    pre = {"w": torch.zeros(10_000_001)}
-    fts = [{"w": torch.randn(10_000_001, generator=torch.Generator().manual_seed(1))}]
-    out = merge("ties", pre, fts, keep=0.5, threshold="sampled")
-    assert out.info["thresholds"][0]["sample_size"] == 10_000_000

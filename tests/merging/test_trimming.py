@@ -1,10 +1,12 @@
 """Trimming's small pieces (shared by TIES and RHM): σ as a tensor, the mask's float32 comparison,
 the |τ| chunks. The merge-level tests (test_ties.py, test_rhm.py) go through them with float32
-models on the CPU; these cover dtypes and devices those do not."""
+models on the CPU; these cover dtypes and devices those do not, and the trimming settings both
+merges share (no threshold pass when nothing is trimmed, the sampled thresholds' defaults)."""
 
 import pytest
 import torch
 
+from dgmerge.merging import merge
 from dgmerge.merging.quantile import Threshold, magnitude_thresholds
 from dgmerge.merging.trimming import (magnitude_chunks, magnitude_mask, magnitude_sigmas, model_sigma,
                                       model_thresholds)
@@ -92,3 +94,28 @@ def test_sampling_draws_at_most_ten_million_magnitudes_by_default():
     pre, fts = random_models(10_000_001, n=1)
     found = model_thresholds(pre, fts, ["w"], lambda total: total // 2, "sampled")
     assert found[0].sample_size == 10_000_000 and found[0].total == 10_000_001
+
+
+OFF = {"ties": {"keep": 1.0}, "rhm": {"trim": 0.0}}
+ON = {"ties": {"keep": 0.2}, "rhm": {"trim": 0.2}}
+
+
+@pytest.mark.parametrize("method", ["ties", "rhm"])
+def test_a_merge_that_trims_nothing_computes_no_thresholds(method):
+    pre, fts = random_models(1_000)
+    assert "thresholds" not in merge(method, pre, fts, **OFF[method]).info
+    assert "thresholds" in merge(method, pre, fts, **ON[method]).info
+
+
+@pytest.mark.parametrize("method", ["ties", "rhm"])
+def test_a_merges_sampled_thresholds_default_to_seed_0_and_ten_million_magnitudes(method):
+    pre, fts = random_models(1_000)
+
+    def sigmas(**kw):
+        info = merge(method, pre, fts, threshold="sampled", sample_size=50, **ON[method], **kw).info
+        return [th["value"] for th in info["thresholds"]]
+
+    assert sigmas() == sigmas(seed=0) != sigmas(seed=1)
+    pre, fts = random_models(10_000_001, n=1)
+    big = merge(method, pre, fts, threshold="sampled", **ON[method])
+    assert big.info["thresholds"][0]["sample_size"] == 10_000_000
