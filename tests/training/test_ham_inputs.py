@@ -1,0 +1,55 @@
+"""What train_ham refuses, in full, and which model a refusal names; its defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dgmerge.config import HamConfig, TrainConfig
+from dgmerge.training import ham as ham_module
+from dgmerge.training.ham import train_ham
+
+from .kill import domain, theta0
+
+SOURCES = ("a", "b", "c")
+TRAIN = {s: domain(i) for i, s in enumerate(SOURCES)}
+VAL = {s: domain(10 + i, n=6) for i, s in enumerate(SOURCES)}
+CFG = TrainConfig(steps=1, batch_size=6, eval_every=1)
+
+
+def refusal(models, train=TRAIN, val=VAL) -> str:
+    with pytest.raises(ValueError) as error:
+        train_ham(models, train, val, CFG, HamConfig(), seed=0)
+    return str(error.value)
+
+
+def test_given_models_are_checked_one_by_one_against_the_first():
+    assert refusal([theta0(), theta0()]) == "got 2 models for 3 sources (a, b, c)"
+    moved = [theta0() for _ in SOURCES]
+    with torch.no_grad():
+        moved[1].encoder[0].bias.add_(1.0)  # the second model: the refusal must name source b
+    assert refusal(moved) == "the model for source 'b' does not start from the same θ0 as the first"
+    other = [theta0() for _ in SOURCES]
+    other[1].encoder[0].bias.requires_grad_(False)
+    assert refusal(other) == "the model for source 'b' trains other parameters than the first"
+
+
+def test_bad_domains_are_refused_in_full():
+    assert refusal(theta0(), train={}) == "train_ham needs at least one source domain"
+    assert refusal(theta0(), val={**VAL, "target": VAL["a"], "x": VAL["b"]}) == (
+        "validation domain(s) target, x are not sources (a, b, c)")
+
+
+def test_defaults_load_batches_in_this_process_and_name_the_run_ham(monkeypatch, capsys):
+    workers = []
+    real = ham_module.BatchStream
+
+    def spy(*args, **kwargs):
+        workers.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ham_module, "BatchStream", spy)
+    monkeypatch.delenv("DGMERGE_QUIET", raising=False)
+    train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(), seed=0)
+    assert workers == [0, 0, 0]
+    assert capsys.readouterr().err.startswith("ham: step 1/1 (100%)")
