@@ -53,3 +53,8 @@ def test_defaults_load_batches_in_this_process_and_name_the_run_ham(monkeypatch,
     train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(), seed=0)
     assert workers == [0, 0, 0]
     assert capsys.readouterr().err.startswith("ham: step 1/1 (100%)")
+
+
+def test_fp16_on_the_cpu_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"^precision fp16 needs a CUDA device; on the CPU use bf16 or fp32$"):
+        train_ham(theta0(), TRAIN, VAL, CFG.model_copy(update={"precision": "fp16"}), HamConfig(), seed=0)
