@@ -34,25 +34,39 @@ def test_given_models_are_checked_one_by_one_against_the_first():
     assert refusal(other) == "the model for source 'b' trains other parameters than the first"
 
 
-def test_bad_domains_are_refused_in_full():
+def test_bad_domains_and_frozen_models_are_refused_in_full():
+    assert refusal(theta0().requires_grad_(False)) == "no trainable parameters: check the `trainable` setting"
     assert refusal(theta0(), train={}) == "train_ham needs at least one source domain"
     assert refusal(theta0(), val={**VAL, "target": VAL["a"], "x": VAL["b"]}) == (
         "validation domain(s) target, x are not sources (a, b, c)")
 
 
-def test_defaults_load_batches_in_this_process_and_name_the_run_ham(monkeypatch, capsys):
-    workers = []
+def spy_streams(monkeypatch) -> list[dict]:
+    """The keyword arguments of every BatchStream train_ham opens."""
+    opened: list[dict] = []
     real = ham_module.BatchStream
 
     def spy(*args, **kwargs):
-        workers.append(kwargs["num_workers"])
+        opened.append(kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ham_module, "BatchStream", spy)
+    return opened
+
+
+def test_defaults_load_batches_in_this_process_and_name_the_run_ham(monkeypatch, capsys):
+    opened = spy_streams(monkeypatch)
     monkeypatch.delenv("DGMERGE_QUIET", raising=False)
     train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(), seed=0)
-    assert workers == [0, 0, 0]
+    assert [s["num_workers"] for s in opened] == [0, 0, 0]
     assert capsys.readouterr().err.startswith("ham: step 1/1 (100%)")
+
+
+@pytest.mark.parametrize("scheme, seeds", [("single_source", [2000, 2000, 2000]), ("erm", [2000, 2001, 2002])])
+def test_each_sources_batches_are_drawn_as_the_chosen_baseline_draws_them(monkeypatch, scheme, seeds):
+    opened = spy_streams(monkeypatch)
+    train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(batch_seeds=scheme), seed=2)
+    assert [s["seed"] for s in opened] == seeds
 
 
 def test_fp16_on_the_cpu_is_refused_before_training():
