@@ -1,4 +1,5 @@
-"""What train_ham refuses, in full, and which model a refusal names; its defaults."""
+"""What train_ham refuses, in full, and which model a refusal names; its defaults and the
+settings that reach its loop (batch seeds, the sign loss's mode)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,12 @@ def test_each_sources_batches_are_drawn_as_the_chosen_baseline_draws_them(monkey
 def test_fp16_on_the_cpu_is_refused_before_training():
     with pytest.raises(ValueError, match=r"^precision fp16 needs a CUDA device; on the CPU use bf16 or fp32$"):
         train_ham(theta0(), TRAIN, VAL, CFG.model_copy(update={"precision": "fp16"}), HamConfig(), seed=0)
+
+
+@pytest.mark.parametrize("mode", ["elementwise", "dot"])
+def test_the_sign_loss_runs_in_the_configured_mode(monkeypatch, mode):
+    modes = []
+    real = ham_module.opa.sign_loss
+    monkeypatch.setattr(ham_module.opa, "sign_loss", lambda *args: modes.append(args[3]) or real(*args))
+    train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(opa=True, opa_mode=mode), seed=0)
+    assert modes == [mode] * 3
