@@ -1,5 +1,5 @@
 """What train_ham refuses, in full, and which model a refusal names; its defaults and the
-settings that reach its loop (batch seeds, the sign loss's mode)."""
+settings that reach its loop (batch seeds, the sign loss's mode, where the averages live)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,12 @@ def test_the_sign_loss_runs_in_the_configured_mode(monkeypatch, mode):
     monkeypatch.setattr(ham_module.opa, "sign_loss", lambda *args: modes.append(args[3]) or real(*args))
     train_ham(theta0(), TRAIN, VAL, CFG, HamConfig(opa=True, opa_mode=mode), seed=0)
     assert modes == [mode] * 3
+
+
+@pytest.mark.parametrize("historical", ["beta", "ema"])
+def test_history_device_cpu_keeps_each_sources_average_on_the_cpu(historical):
+    ham_cfg = HamConfig(historical=historical)
+    on_cpu = ham_module._average(ham_cfg, CFG.model_copy(update={"history_device": "cpu"}))
+    with_model = ham_module._average(ham_cfg, CFG)
+    assert on_cpu.device == torch.device("cpu") and with_model.device is None
+    assert ham_module._average(HamConfig(historical="none"), CFG) is None
