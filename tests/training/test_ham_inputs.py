@@ -91,3 +91,15 @@ def test_history_device_cpu_keeps_each_sources_average_on_the_cpu(historical):
     with_model = ham_module._average(ham_cfg, CFG)
     assert on_cpu.device == torch.device("cpu") and with_model.device is None
     assert ham_module._average(HamConfig(historical="none"), CFG) is None
+
+
+def test_each_sources_optimizer_scaler_and_average_take_the_configured_settings():
+    model = theta0()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    cfg = CFG.model_copy(update={"lr": 0.02, "weight_decay": 0.3, "precision": "fp16"})
+    run = ham_module.new_source_run("a", model, names, cfg, HamConfig(historical="ema", ema_decay=0.9))
+    group = run.optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.02, 0.3)
+    # fp16 (CUDA only; the loop refuses it on the CPU) gives each model its own enabled loss scaler.
+    assert run.precision == "fp16" and run.scaler.is_enabled()
+    assert run.average.decay == 0.9
