@@ -1,6 +1,7 @@
 """Killing a run after a checkpoint and resuming it gives the weights of an uninterrupted run."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -157,3 +158,27 @@ def test_a_checkpointer_without_a_path_or_an_interval_saves_nothing(tmp_path):
     assert not Checkpointer(tmp_path / "c.pt").enabled  # no interval given: off
     on = Checkpointer(str(tmp_path / "c.pt"), every=5)
     assert on.enabled and on.path == tmp_path / "c.pt"
+
+
+def test_a_cpu_checkpoint_resumes_on_a_gpu_machine(tmp_path, monkeypatch):
+    """Saved where there was no GPU (no CUDA generators in it), loaded where there is one: the
+    GPU's generators are left as they are."""
+    checkpointer = Checkpointer(tmp_path / "run.pt", every=1)
+    checkpointer.save({"step": 1})
+    assert torch.load(tmp_path / "run.pt", weights_only=True).get("cuda_rng") is None
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    assert checkpointer.load()["step"] == 1 and restored == []
+
+
+class Payload:
+    """Not a tensor, number or container: unpickling it would run arbitrary code."""
+
+
+def test_a_checkpoint_holding_arbitrary_objects_is_refused_not_unpickled(tmp_path):
+    path = tmp_path / "run.pt"
+    torch.save({"step": 1, "rng": torch.get_rng_state(), "extra": Payload()}, path)
+    with pytest.raises(ValueError, match=f"^cannot resume from {re.escape(str(path))}: .*Weights only load failed"):
+        Checkpointer(path, every=1).load()
