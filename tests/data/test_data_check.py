@@ -54,9 +54,12 @@ def test_deep_check_finds_truncated_image_that_verify_misses(tmp_path):
 
 def test_cli_check_exits_nonzero_and_lists_problems(make_tree):
     root = _broken_tree(make_tree)
-    result = CliRunner().invoke(_cli(), ["data", "check", str(root)])
+    result = CliRunner().invoke(_cli(), ["data", "check", str(root)], env={"COLUMNS": "40"})
     assert result.exit_code == 1, result.output
-    assert "001.jpg" in result.output and "lacks class(es) dog" in result.output
+    # The unreadable file's full path on one line, however narrow the terminal (40 columns here).
+    bad = str(root / "a" / "dog" / "001.jpg")
+    assert any(line.startswith("problem:") and bad in line for line in result.output.splitlines())
+    assert "lacks class(es) dog" in result.output
     assert "total" in result.output and "cat" in result.output
 
 

@@ -31,10 +31,11 @@ def _print_report(report, console) -> None:  # noqa: ANN001 (rich/report types i
     console.print(table)
     mode = "decoded fully (--deep)" if report.deep else "header-verified (use --deep to decode fully)"
     console.print(f"{sum(totals.values())} images {mode}; {len(report.bad_files)} unreadable")
+    # soft_wrap: a long image path stays one line (the terminal wraps it), so it can be copied whole.
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     for problem in report.problems:
-        console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        console.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
