@@ -12,8 +12,14 @@ from types import SimpleNamespace
 import pytest
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig
+from dgmerge.config.loading import set_dotted
 from dgmerge.pipeline import experiment
-from dgmerge.pipeline.experiment import check_methods, experiment_key, finished_methods, planned_cells
+from dgmerge.pipeline.experiment import (
+    check_methods,
+    experiment_key,
+    finished_methods,
+    planned_cells,
+)
 
 BASE = ExperimentConfig(output_dir="o", seeds=[0], methods=["erm"], data=DataConfig(root="r", dataset="X"),
                         backbone=BackboneConfig(kind="tiny_cnn", name="micro"))
@@ -22,11 +28,7 @@ BASE = ExperimentConfig(output_dir="o", seeds=[0], methods=["erm"], data=DataCon
 def changed(path: str, value, cfg: ExperimentConfig = BASE) -> ExperimentConfig:
     """`cfg` with the dotted setting `path` set to `value`, validated again."""
     data = cfg.model_dump(mode="json")
-    *sections, name = path.split(".")
-    target = data
-    for section in sections:
-        target = target[section]
-    target[name] = value
+    set_dotted(data, path, value)
     return ExperimentConfig.model_validate(data)
 
 

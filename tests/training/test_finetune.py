@@ -75,13 +75,6 @@ def test_same_seed_same_weights_different_seed_different():
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
-def test_no_trainable_parameters_is_a_clear_error():
-    m = model()
-    m.requires_grad_(False)
-    with pytest.raises(ValueError, match="trainable"):
-        fine_tune(m, {"a": blobs(0)}, {}, TrainConfig(steps=1), seed=0)
-
-
 def test_linear_probe_fits_separable_features_and_is_frozen():
     data = blobs(0, n=90)
     head = fit_linear_probe(data.tensors[0], data.tensors[1], 3, ProbeConfig(epochs=40, lr=5e-2, batch_size=16), 0)

@@ -18,7 +18,7 @@ from dgmerge.training import finetune as finetune_module
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import fine_tune
 
-from .kill import Killed, KillAfterSave
+from .kill import KillAfterSave, Killed
 
 
 def linear_model(seed: int = 0) -> Classifier:

@@ -248,25 +248,12 @@ def test_same_seed_same_weights_and_update_order_does_not_matter(default_run):
             assert torch.allclose(v, reverse.final_states[s][k], atol=1e-5), (s, k)
 
 
-def test_theta0_is_untouched_and_bad_inputs_fail_clearly():
+def test_theta0_is_untouched():
+    # (What train_ham refuses, in full, is in test_ham_inputs.py.)
     model = theta0()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_ham(model, TRAIN, VAL, TrainConfig(steps=1, batch_size=8, eval_every=1), HamConfig(), seed=0)
     assert same(model.state_dict(), before)
-    frozen = theta0().requires_grad_(False)
-    with pytest.raises(ValueError, match="trainable"):
-        train_ham(frozen, TRAIN, VAL, CFG, HamConfig(), seed=0)
-    models = [theta0() for _ in SOURCES]
-    with torch.no_grad():
-        models[2].encoder[0].bias.add_(1.0)
-    with pytest.raises(ValueError, match="same θ0"):
-        train_ham(models, TRAIN, VAL, CFG, HamConfig(), seed=0)
-    with pytest.raises(ValueError, match="2 models for 3 sources"):
-        train_ham(models[:2], TRAIN, VAL, CFG, HamConfig(), seed=0)
-    with pytest.raises(ValueError, match="at least one source"):
-        train_ham(model, {}, VAL, CFG, HamConfig(), seed=0)
-    with pytest.raises(ValueError, match="not sources"):
-        train_ham(model, TRAIN, {**VAL, "target": VAL["a"]}, CFG, HamConfig(), seed=0)
 
 
 def test_given_models_are_trained_in_place_and_match_the_theta0_form(default_run):
