@@ -28,3 +28,12 @@ def test_cells_round_trip_and_errors():
     for bad in ("photo", "x:photo", "1:"):
         with pytest.raises(ValueError, match="--cells"):
             parse_cells(bad)
+
+
+def test_cells_kept_together_share_one_worker():
+    cells = [(s, d) for s in (0, 1, 2) for d in SIZES]
+    groups = plan_workers(cells, lambda c: SIZES[c[1]], 2, together=lambda c: c[1])
+    # Each domain's three seeds in one group; by hand: units 3×3929, 3×2344, 3×2048, 3×1670 →
+    # {sketch, photo} (17,697) and {cartoon, art_painting} (13,176).
+    assert [sorted({d for _, d in g}) for g in groups] == [["photo", "sketch"], ["art_painting", "cartoon"]]
+    assert sorted(c for g in groups for c in g) == sorted(cells)

@@ -219,6 +219,10 @@ class ExperimentConfig(StrictModel):
     # Which variants method "ham_variants" runs: all, only those reusing HAM's training (free:
     # a merge and an evaluation each) plus HAM's tuning points, or only the other ones.
     ham_variant_runs: Literal["all", "reuse", "train"] = "all"
+    # HAM's tuning points that train their own models (λ) run on these seeds only; every other
+    # seed trains just the point that won there (best mean source-validation accuracy, per held-out
+    # domain) and picks among that training's merge-time points (r) itself. None: every seed tunes.
+    ham_tuning_seeds: list[int] | None = Field(default=None, min_length=1)
     # The gating merge of Ye et al. (experiment method "gating"): gate, m values, bases.
     gating: GatingConfig = Field(default_factory=GatingConfig)
     # The weight-averaging DG methods: ERM + MA, SWAD, DiWA (config/weight_averaging.py).
@@ -251,6 +255,13 @@ class ExperimentConfig(StrictModel):
                       f"registered: {', '.join(names)}")
             # A custom error keeps the message as written (no "Value error, " prefix).
             raise PydanticCustomError("unknown_experiment_method", "{detail}", {"detail": detail})
+        return value
+
+    @field_validator("ham_tuning_seeds")
+    @classmethod
+    def _unique_tuning_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"ham_tuning_seeds repeat a seed: {value}")
         return value
 
     @model_validator(mode="after")

@@ -127,7 +127,7 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
         overrides.update({"seeds": [0], "data.test_domains": [first], "data.max_images_per_domain": 60,
                           "train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 0,
                           "probe.epochs": 10, "train.feature_cache": "memory", "ma.start_step": 3,
-                          "diwa.runs": 2})
+                          "diwa.runs": 2, "ham_tuning_seeds": None})
     overrides.update(scope_overrides(opts.seeds, opts.test_domains, opts.steps))
     part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
     main = ["linear_probe", "erm", "erm_ma", "swad", "diwa", "single_source", "merge", "ham", "ham_variants"]
@@ -166,7 +166,9 @@ def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: L
     """Split the cells over `jobs` workers, each running this command on its share."""
     cells, sizes = experiment_cells(cfg)
     # Cost ≈ images scored per cell (the held-out domain is scored by every method) + training.
-    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, jobs)
+    # Seeds that reuse HAM's tuning need their domain's tuning seeds first: one worker per domain.
+    by_domain = (lambda cell: cell[1]) if cfg.ham_tuning_seeds is not None else None
+    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, jobs, together=by_domain)
     warm_feature_cache(cfg, cells[0], log)
 
     def argv(share: Sequence[tuple[int, str]]) -> list[str]:
@@ -232,6 +234,9 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         f"- Setting: {setting_line(cfg)}.",
         "- Protocol: DomainBed leave-one-domain-out, training-domain validation (80/20 split of each "
         "source) for checkpoints; the held-out domain is scored in full and never used for selection.",
+        *([f"- HAM's tuning: the points that train (λ) are chosen per held-out domain on seed(s) "
+           f"{cfg.ham_tuning_seeds}'s source validation and reused on the other seeds; each cell picks "
+           "r (a merge-time point) itself."] if cfg.ham_tuning_seeds is not None else []),
         f"- Code {code_version()}, torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPUs, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; this invocation ({part}) took "
         f"{wall_time_s / 60:.1f} min.", "",

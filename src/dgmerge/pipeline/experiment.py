@@ -19,6 +19,7 @@ from dgmerge.evaluation.results import read_results
 from dgmerge.hashing import config_hash
 from dgmerge.methods import Cell, build_cell, experiment_names, get_experiment, in_run_order
 from dgmerge.methods.build_tasks import build_task_cell, check_tasks, combo_name
+from dgmerge.pipeline.ham_tuning import chosen_training, not_chosen, tuning_first
 
 Log = Callable[[str], None]
 
@@ -44,7 +45,8 @@ def experiment_key(cfg: ExperimentConfig) -> str:
             payload.pop(name)
     # Variants are rows of their own, each recording its full HAM config: adding one must not
     # invalidate the rest of the experiment.
-    for name in ("ham_variants", "ham_variant_runs"):
+    # Which seeds tune HAM only decides which rows exist, not their values.
+    for name in ("ham_variants", "ham_variant_runs", "ham_tuning_seeds"):
         payload.pop(name, None)
     return config_hash(payload)
 
@@ -101,6 +103,8 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print,
         if cells is not None and (seed, name) not in cells:
             continue
         finished = done.get((seed, name), set())
+        if cfg.ham_tuning_seeds is not None and seed not in cfg.ham_tuning_seeds:
+            finished = finished | _not_chosen(cfg, results_path, key, seed, name, log)
         todo = [m for m in in_run_order(list(cfg.methods)) if not get_experiment(m).is_done(cfg, seed, finished)]
         if not todo:
             log(f"[skip] seed {seed}, {_what(cfg)} {name}: already in {results_path}")
@@ -127,7 +131,17 @@ def planned_cells(cfg: ExperimentConfig, index: DomainIndex,
     if len(index.domains) < 2:
         raise ValueError(f"{dataset_dir} has {len(index.domains)} domain(s); leave-one-out needs at least 2")
     return [(seed, domain, partial(build_cell, cfg, index, domain, seed, key))
-            for seed in cfg.seeds for domain in test_domains]
+            for seed in tuning_first(cfg, cfg.seeds) for domain in test_domains]
+
+
+def _not_chosen(cfg: ExperimentConfig, results_path: Path, key: str, seed: int, domain: str, log: Log) -> set[str]:
+    rows = read_results(results_path) if results_path.exists() else []
+    skipped = not_chosen(cfg, rows, key, seed, domain, results_path)
+    if skipped:
+        winner, _ = chosen_training(cfg, rows, key, domain, results_path)
+        log(f"   HAM's training chosen on seeds {cfg.ham_tuning_seeds} for {domain}: {winner}'s "
+            f"(skipping {', '.join(sorted(skipped))})")
+    return skipped
 
 
 def _what(cfg: ExperimentConfig) -> str:

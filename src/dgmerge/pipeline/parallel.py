@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from dgmerge.config import ExperimentConfig
 from dgmerge.data.imagefolder import scan_domains
@@ -24,19 +24,25 @@ Cell = tuple[int, str]
 Log = Callable[[str], None]
 
 
-def plan_workers(cells: Sequence[Cell], cost: Callable[[Cell], float], jobs: int) -> list[list[Cell]]:
+def plan_workers(cells: Sequence[Cell], cost: Callable[[Cell], float], jobs: int,
+                 together: Callable[[Cell], Hashable] | None = None) -> list[list[Cell]]:
     """Split cells into `jobs` groups of similar total cost (longest first, to the lightest group).
 
-    Empty groups are dropped, so fewer cells than jobs gives one group per cell.
+    Cells with the same `together(cell)` go to one group (a held-out domain's seeds, when the
+    later seeds need the earlier ones' rows). Empty groups are dropped, so fewer cells than
+    jobs gives one group per cell.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    units: dict[Hashable, list[Cell]] = {}
+    for cell in cells:
+        units.setdefault(together(cell) if together else cell, []).append(cell)
     groups: list[list[Cell]] = [[] for _ in range(jobs)]
     loads = [0.0] * jobs
-    for cell in sorted(cells, key=lambda c: (-cost(c), c)):
+    for unit in sorted(units.values(), key=lambda u: (-sum(map(cost, u)), sorted(u))):
         lightest = loads.index(min(loads))
-        groups[lightest].append(cell)
-        loads[lightest] += cost(cell)
+        groups[lightest] += unit
+        loads[lightest] += sum(map(cost, unit))
     return [sorted(group) for group in groups if group]
 
 
