@@ -82,7 +82,8 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     seen: dict = {}
 
     def fake_train_ham(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kwargs):
-        seen.update(kwargs, theta=theta, train=train_sets, val=val_sets, seed=seed, ham_cfg=ham_cfg)
+        seen.update(kwargs, theta=theta, train=train_sets, val=val_sets, seed=seed, ham_cfg=ham_cfg,
+                    train_cfg=train_cfg)
         return SimpleNamespace(history=[{"step": 1}])
 
     monkeypatch.setattr(cell_module, "train_ham", fake_train_ham)
@@ -108,6 +109,12 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     assert seen["num_workers"] == 2
     assert seen["history_path"] == tmp_path / "logs" / "ham:no sae.csv"
     assert cell.ham_runs == [(ham_cfg, result)]
+    assert seen["train_cfg"] is config.train  # no budget of HAM's own: train.steps
+
+    # ham.steps is HAM's own budget; every other fine-tuning setting stays the experiment's.
+    Cell.train_ham(cell, HamConfig(steps=11), "ham")
+    assert seen["train_cfg"].steps == 11 and config.train.steps != 11
+    assert seen["train_cfg"].model_dump(exclude={"steps"}) == config.train.model_dump(exclude={"steps"})
 
 
 def stand_in_cell(tmp_path, **extra) -> SimpleNamespace:

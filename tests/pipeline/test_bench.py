@@ -43,6 +43,22 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     assert ablations.methods == ["ham_variants"] and ablations.ham_variant_runs == "train"
 
 
+def test_lambda_is_tuned_on_seed_0_and_every_budget_trains_ham_for_that_budget(tmp_path, tiny_shapes):
+    from dgmerge.pipeline.convergence import budget_options
+
+    root, weights = fake_inputs(tmp_path)
+    opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out")
+    assert pacs_cpu_config(opts).ham_tuning_seeds == [0]
+    # The one-seed CI run tunes on its own seed, whichever it is.
+    quick = BenchOptions(data_root=tiny_shapes, dataset="Shapes", weights=weights, quick=True, seeds=[1])
+    assert pacs_cpu_config(quick).ham_tuning_seeds is None and pacs_cpu_config(quick).seeds == [1]
+    # A convergence budget is HAM's budget too, whatever HAM's own steps were set to.
+    budget = pacs_cpu_config(budget_options(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out",
+                                                         overrides={"ham.steps": 3000}), 700))
+    assert (budget.train.steps, budget.ham.steps, budget.output_dir) == (700, None, tmp_path / "out" / "steps700")
+    assert pacs_cpu_config(BenchOptions(data_root=root, weights=weights, overrides={"ham.steps": 3000})).ham.steps == 3000
+
+
 def test_missing_inputs_name_the_flag(tmp_path):
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--data-root", str(tmp_path / "nope"),
                                       "--out", str(tmp_path / "out")])

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from dgmerge.config import ConfigError, ExperimentConfig, parse_overrides
+from dgmerge.config import ConfigError, ExperimentConfig, ham_train, parse_overrides
 from dgmerge.data.imagefolder import scan_domains
 from dgmerge.methods import build_cell
 from dgmerge.pipeline.experiment import experiment_key, finished_methods, load_experiment
@@ -116,7 +116,7 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
     if rank == 0:
         dist.barrier()
     start = time.perf_counter()
-    result = train_ham_distributed(cell.trainable_copy(), cell.train_sets, cell.val_sets, cfg.train, cfg.ham, seed,
+    result = train_ham_distributed(cell.trainable_copy(), cell.train_sets, cell.val_sets, ham_train(cfg.train, cfg.ham), cfg.ham, seed,
                                    device=device)
     if result is None:
         return None

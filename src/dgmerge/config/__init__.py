@@ -12,7 +12,7 @@ dgmerge.merging and dgmerge.data, never training, evaluation, pipeline or cli co
 from dgmerge.config.backbone import BackboneConfig, architecture_only, shared_mobilenetv2_config
 from dgmerge.config.base import ConfigError, StrictModel
 from dgmerge.config.experiment import (MERGES_NEEDING_DATA, TRAINABLE_PATTERN, DataConfig, ExperimentConfig, HamVariant,
-                                       MergeSpec, ProbeConfig, TrainConfig)
+                                       MergeSpec, ProbeConfig, TrainConfig, ham_train)
 from dgmerge.config.ham import MERGE_TIME_FIELDS, HamConfig, can_reuse, training_key
 from dgmerge.config.loading import (SHIPPED_CONFIGS, load_config, parse_overrides, read_yaml_mapping,
                                     resolve_config_path, set_dotted, validate_config)
@@ -23,7 +23,7 @@ from dgmerge.config.yaml_values import PlainScalar
 __all__ = [
     "DIWA_SPACE", "DiwaConfig", "MAConfig", "SwadConfig", "HAM_SPACE", "architecture_only", "MERGES_NEEDING_DATA", "MERGE_TIME_FIELDS", "SHIPPED_CONFIGS", "TRAINABLE_PATTERN", "BackboneConfig",
     "ConfigError", "DataConfig", "ExperimentConfig", "HamConfig", "HamVariant", "MergeSpec", "PlainScalar",
-    "ProbeConfig", "StrictModel", "SweepSpec", "TrainConfig", "can_reuse", "load_config", "load_sweep",
+    "ProbeConfig", "StrictModel", "SweepSpec", "TrainConfig", "can_reuse", "ham_train", "load_config", "load_sweep",
     "parse_overrides", "read_yaml_mapping", "resolve_config_path", "set_dotted", "shared_mobilenetv2_config",
     "training_key", "validate_config",
 ]

@@ -174,6 +174,11 @@ class MergeSpec(StrictModel):
         return self.label or self.method
 
 
+def ham_train(train: TrainConfig, ham: HamConfig) -> TrainConfig:
+    """The fine-tuning settings HAM trains under: `train`'s, with HAM's own step budget if it has one."""
+    return train if ham.steps is None else train.model_copy(update={"steps": ham.steps})
+
+
 class HamVariant(StrictModel):
     """A HAM ablation or tuning point: `set` overrides fields of the experiment's `ham` section.
 

@@ -6,8 +6,8 @@
     merge_hparams: {level: tensor}  -> layer-level trimming (Table 4)
     merge_method: ties              -> TIES instead of RHM (Table 3)
 
-The optimizer, steps, batch size and trainable parameters come from `TrainConfig`, shared with
-ERM and the single-source baselines.
+The optimizer, batch size and trainable parameters come from `TrainConfig`, shared with ERM and
+the single-source baselines; so do the steps, unless `steps` gives HAM a budget of its own.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class HamConfig(StrictModel):
     # model-level quantile is taken over what HAM trains, not diluted by the frozen tensors'
     # zero updates; "all": every float tensor of the state dict, like merging with scope None.
     merge_scope: Literal["trainable", "all"] = "trainable"
+
+    # --- HAM's own training budget (None: train.steps). Its lockstep models can converge later
+    # than ERM's; each method is compared at its own converged budget, chosen on source validation.
+    steps: int | None = Field(default=None, gt=0)
 
     # --- Data order. "single_source": every source's stream is seeded as fine_tune seeds a
     # single-source run (seed*1000), so with sae/opa off each model equals the single_source

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from dgmerge.config import ExperimentConfig, HamConfig, TrainConfig
+from dgmerge.config import ExperimentConfig, HamConfig, TrainConfig, ham_train
 from dgmerge.data.environments import Environments
 from dgmerge.data.imagefolder import DomainIndex
 from dgmerge.data.leak_guard import refuse_test_samples
@@ -182,7 +182,7 @@ class Cell:
         self.guard(self.train_sets, "HAM's training")
         self.guard(self.val_sets, "HAM's model selection")
         theta = self.trainable_copy()
-        result = train_ham(theta, self.train_sets, self.val_sets, self.cfg.train, ham_cfg, self.seed,
+        result = train_ham(theta, self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg), ham_cfg, self.seed,
                            desc=self.desc(name), checkpoint=self.checkpointer(name),
                            num_workers=self.cfg.data.num_workers, log_dir=self.tensorboard_dir(name))
         save_history(self.logs_dir / f"{name}.csv", result.history)

@@ -192,7 +192,8 @@ def setting_line(cfg: ExperimentConfig) -> str:
     """The setting in one line: backbone, trainable part, resolution, steps, batch, lr, seeds."""
     return (f"{cfg.backbone.name} ({cfg.backbone.checkpoint}), trainable {cfg.train.trainable} "
             f"({trainable_part(cfg)}), {input_size(cfg)}, "
-            f"{cfg.train.steps} steps × batch {cfg.train.batch_size} per source, lr {cfg.train.lr:g}, "
+            f"{cfg.train.steps} steps{'' if cfg.ham.steps is None else f' (HAM {cfg.ham.steps})'} × batch "
+            f"{cfg.train.batch_size} per source, lr {cfg.train.lr:g}, "
             f"frozen linear-probe head, seeds {cfg.seeds}")
 
 

@@ -28,7 +28,8 @@ def budget_options(opts: BenchOptions, steps: int) -> BenchOptions:
     """The benchmark at `steps` steps: its own folder, the shared cache, no variants, evaluations ~20 per run."""
     # `--set methods=[erm,single_source]` narrows a run; methods stay out of the experiment key,
     # so adding HAM later to the same folders resumes them.
-    overrides = {"methods": METHODS, **opts.overrides, "ham_variants": [],
+    # Every method, HAM included (ham.steps: None), trains for the budget under study.
+    overrides = {"methods": METHODS, **opts.overrides, "ham_variants": [], "ham.steps": None,
                  "train.eval_every": max(50, steps // 20), "train.checkpoint_every": max(25, steps // 4)}
     if opts.quick:
         overrides.pop("train.eval_every")

@@ -35,7 +35,7 @@ def experiment_key(cfg: ExperimentConfig) -> str:
         payload[section].pop(name, None)
     # Settings added later leave the key as it was while they keep their defaults, so runs
     # started before them still resume (fp32 is what every older key meant, and so on).
-    for section, name, default in (("train", "precision", "fp32"), ("probe", "fit_on", "train")):
+    for section, name, default in (("train", "precision", "fp32"), ("probe", "fit_on", "train"), ("ham", "steps", None)):
         if payload[section].get(name) == default:
             payload[section].pop(name)
             if (section, name) == ("probe", "fit_on"):
