@@ -25,12 +25,13 @@ METHODS = ["erm", "single_source", "ham"]
 
 
 def budget_options(opts: BenchOptions, steps: int) -> BenchOptions:
-    """The benchmark at `steps` steps: its own folder, the shared cache, no variants, evaluations ~20 per run."""
+    """The benchmark at `steps` steps: its own folder, the shared cache, no variants, ~20 evaluations and
+    checkpoints per run (a long budget spans sessions; a checkpoint costs a few MB)."""
     # `--set methods=[erm,single_source]` narrows a run; methods stay out of the experiment key,
     # so adding HAM later to the same folders resumes them.
     # Every method, HAM included (ham.steps: None), trains for the budget under study.
     overrides = {"methods": METHODS, **opts.overrides, "ham_variants": [], "ham.steps": None,
-                 "train.eval_every": max(50, steps // 20), "train.checkpoint_every": max(25, steps // 4)}
+                 "train.eval_every": max(50, steps // 20), "train.checkpoint_every": max(25, steps // 20)}
     if opts.quick:
         overrides.pop("train.eval_every")
         overrides.pop("train.checkpoint_every")
