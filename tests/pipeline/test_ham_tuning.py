@@ -33,6 +33,9 @@ def rows_for(seed: int, vals: dict[str, float], domain: str = "photo", key: str 
 def test_candidates_are_ham_and_its_tuning_points_not_the_ablations():
     assert list(candidates(cfg_with(), 0)) == POINTS
     assert list(candidates(cfg_with(methods=["ham"]), 0)) == ["ham"]
+    # The bench's --ablations part (variants that train) runs no tuning point: nothing to choose or skip.
+    ablations = cfg_with(methods=["ham_variants"], ham_variant_runs="train")
+    assert candidates(ablations, 0) == {} and not_chosen(ablations, [], "k", 1, "photo") == set()
 
 
 def test_the_winner_by_source_validation_names_the_training_the_other_seeds_run():

@@ -18,9 +18,12 @@ from dgmerge.config import ExperimentConfig, HamConfig, can_reuse
 
 
 def candidates(cfg: ExperimentConfig, seed: int) -> dict[str, HamConfig]:
-    """HAM's row and its tuning points that run at `seed`: method name -> full HAM config."""
+    """HAM's row and its tuning points that run at `seed`: method name -> full HAM config.
+
+    Tuning points run with HAM's row, not with the variants that train (`ham_variant_runs: train`).
+    """
     out = {"ham": cfg.ham} if "ham" in cfg.methods else {}
-    if "ham_variants" in cfg.methods:
+    if "ham_variants" in cfg.methods and cfg.ham_variant_runs != "train":
         out.update({f"ham:{v.label}": cfg.variant_config(v) for v in cfg.ham_variants
                     if v.tuning and v.applies_to(seed)})
     return out
