@@ -142,3 +142,28 @@ def test_quick_bench_runs_on_a_dataset_nobody_tuned_for(tmp_path):
     assert {r["test_domain"] for r in rows} == {"outline"} and {r["dataset"] for r in rows} == {"Shapes"}
     assert {"linear_probe", "erm", "ham", "merge:ties"} <= {r["method"] for r in rows}
     assert "# Shapes on 2 CPU cores (`dgmerge bench pacs-cpu --dataset Shapes`)" in (out / "bench-report.md").read_text()
+
+
+def test_workers_get_whole_domains_when_later_seeds_reuse_seed_0s_tuning(tmp_path, monkeypatch):
+    """Seeds 1-2 of a held-out domain need seed 0's HAM rows for it, so one worker runs all three;
+    the argv each worker gets names exactly its cells and carries the overrides."""
+    from dgmerge.pipeline import bench
+
+    root, weights = fake_inputs(tmp_path)
+    sizes = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
+    cells = [(s, d) for s in (0, 1, 2) for d in sizes]
+    monkeypatch.setattr(bench, "experiment_cells", lambda cfg: (cells, sizes))
+    monkeypatch.setattr(bench, "warm_feature_cache", lambda cfg, cell, log: None)
+    started = {}
+    monkeypatch.setattr(bench, "run_workers",
+                        lambda groups, argv, log_dir, log: started.update(groups=groups, argv=[argv(g) for g in groups]))
+    for tuning, together in (([0], True), (None, False)):
+        opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out",
+                            overrides={"ham_tuning_seeds": tuning})
+        bench._run_in_workers(opts, pacs_cpu_config(opts), 2, log=lambda _: None)
+        domains = [[d for _, d in group] for group in started["groups"]]
+        assert all(len(set(ds)) * 3 == len(ds) for ds in domains) is together
+        assert sorted(c for g in started["groups"] for c in g) == sorted(cells)
+        argv = started["argv"][0]
+        assert argv[argv.index("--cells") + 1] == ",".join(f"{s}:{d}" for s, d in started["groups"][0])
+        assert f"ham_tuning_seeds={json.dumps(tuning)}" in argv
