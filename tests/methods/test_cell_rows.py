@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, TrainConfig
 from dgmerge.methods import cell as cell_module
@@ -43,7 +44,7 @@ def stand_in(tmp_path, *, save_models=True, results=True, val=True, tasks=False)
         val_sets={"a": Data("val-a", 3, skipped=["x.png", "y.png"]), "b": Data("val-b", 3)} if val else {},
         test_set=Data("test", 11), test_sets={"t2": Data("test-t2", 6)} if tasks else {},
         task_classes={}, index=SimpleNamespace(classes=["dog", "cat"]),
-        theta0_for=lambda task: SimpleNamespace(head=object()))
+        theta0_for=lambda task: SimpleNamespace(head=object()), update_norm=lambda model: 1.5)
     cell.sources = list(cell.train_sets)
     cell.out_dir = tmp_path / "models"
     for method in ("record", "append", "row_ids", "skipped_images", "model_meta", "classes"):
@@ -78,6 +79,7 @@ def test_a_row_scores_source_validation_and_the_test_domain_and_carries_the_prot
     assert (row["method"], row["method_group"], row["experiment_key"], row["extra"]) == ("merge:ties", "merge", "K", 1)
     assert (row["dataset"], row["test_domain"], row["seed"], row["selection"]) == ("X", "sketch", 2, SELECTION_RULE)
     assert row["skipped_images"] == 2  # x.png counted once, y.png
+    assert row["update_norm"] == 1.5
     assert row["hparams"] == {"train": cell.cfg.train.model_dump(mode="json"),
                               "probe": cell.cfg.probe.model_dump(mode="json"), "k": 0.2,
                               "backbone": cell.cfg.backbone.model_dump(mode="json"), "train_augment": False}
@@ -123,3 +125,22 @@ def test_a_task_row_is_scored_on_that_tasks_test_set(tmp_path, scored):
     assert row["split"]["test_split"] == "out" and row["split"]["max_test"] == 9
     assert row["split"]["n_test"] == {"t2": 6}
     assert scored.saved[0][2]["task"] == "t2"
+
+
+def test_the_update_norm_is_the_distance_from_theta0_over_the_trained_tensors_only():
+    from torch import nn
+
+    theta0 = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model.load_state_dict(theta0.state_dict())
+    with torch.no_grad():
+        model[1].weight += torch.tensor([[3.0, 0.0]])
+        model[1].bias += 4.0
+        model[0].weight += 100.0  # not a trained tensor: outside the norm
+    cell = SimpleNamespace(theta0=theta0, trained_keys=lambda: ["1.weight", "1.bias"])
+    assert Cell.update_norm(cell, model) == pytest.approx(5.0)  # sqrt(3² + 4²), by hand
+    assert Cell.update_norm(cell, theta0) == 0.0
+    # A model without θ0's trained tensors (a gate, another head's shape) has no norm.
+    assert Cell.update_norm(cell, nn.Linear(2, 1)) is None
+    other = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3))
+    assert Cell.update_norm(cell, other) is None

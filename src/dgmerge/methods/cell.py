@@ -249,6 +249,7 @@ class Cell:
         if task is not None:
             extra = {**extra, "task": task}
         row = make_row(**self.row_ids(method, hparams), test_acc=test_acc, val_acc=val_acc,
+                       update_norm=self.update_norm(model),
                        wall_time_s=time.perf_counter() - start, experiment_key=self.job,
                        method_group=group or method, skipped_images=self.skipped_images(), **extra)
         self.append(row)
@@ -257,6 +258,18 @@ class Cell:
             # "merge:ties" -> merge_ties.safetensors: colons are not portable in file names.
             save_model(self.out_dir / f"{method.replace(':', '_')}.safetensors", model, self.model_meta(method, task))
         return row
+
+    def update_norm(self, model: Classifier) -> float | None:
+        """‖θ − θ0‖₂ over the trained tensors: how far a method moved from θ0.
+
+        Averaging and trimming shorten updates; an under-trained comparison shows up here. None
+        when the model holds none of θ0's trained tensors (a gated model, another task's head).
+        """
+        theta0, state = self.theta0.state_dict(), model.state_dict()
+        keys = [k for k in self.trained_keys() if k in state and state[k].shape == theta0[k].shape]
+        if not keys:
+            return None
+        return sum(float((state[k].double() - theta0[k].double()).pow(2).sum()) for k in keys) ** 0.5
 
     def append(self, row: Row) -> None:
         """Append a finished row to results.jsonl (when the cell has one) and to this cell's rows."""
