@@ -144,3 +144,12 @@ def test_the_update_norm_is_the_distance_from_theta0_over_the_trained_tensors_on
     assert Cell.update_norm(cell, nn.Linear(2, 1)) is None
     other = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3))
     assert Cell.update_norm(cell, other) is None
+
+
+def test_a_ham_rows_training_summary_by_hand():
+    from dgmerge.methods.ham import training_summary
+
+    history = [{"step": 1, "borrowed": 10, "sign_conflict": 0.3}, {"step": 2, "borrowed": 20, "sign_conflict": 0.2},
+               {"step": 3, "borrowed": 45, "sign_conflict": 0.123456}]
+    assert training_summary(history) == {"borrowed_per_step": 25.0, "final_sign_conflict": 0.1235}
+    assert training_summary([]) == {}

@@ -116,6 +116,10 @@ def test_quick_bench_rows_improve_on_the_probe_they_start_from(tmp_path):
     report = (out / "bench-report.md").read_text()
     assert "blocks.6, conv_head, bn2" in report and "224×224 px" in report
     assert all(label in report for label in [*MAIN_ROWS.values(), *ABLATION_ROWS.values()])
+    # The diagnostics: every trained row moved (its update norm) and HAM's training numbers.
+    assert "| ERM: ‖θ − θ0‖ |" in report and "| HAM: final sign-conflict rate |" in report
+    assert all(r["update_norm"] > 0 for m, r in rows.items() if m not in ("linear_probe", "single_source_mean"))
+    assert rows["linear_probe"]["update_norm"] == 0.0
 
 
 def test_another_dataset_must_be_under_the_data_root(tmp_path):

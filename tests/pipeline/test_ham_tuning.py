@@ -129,6 +129,9 @@ def test_later_seeds_train_only_the_point_seed_0_chose(tiny_shapes, tmp_path, mo
     assert sorted(trained) == [(1, 0.1, False), (1, 1.0, True)]
     assert sorted(r["method"] for r in new) == ["ham:lam1_r0.2", "ham:lam1_r0.5", "ham:no-sae"]
     assert all(r["seed"] == 1 for r in new)
+    # Each row says how far its model moved and how its HAM training went (borrowed, conflicts).
+    assert all(r["update_norm"] > 0 and r["borrowed_per_step"] >= 0 and 0 <= r["final_sign_conflict"] <= 1
+               for r in new)
     assert any("chosen on seeds [0] for outline: ham:lam1_r0.5" in line for line in logged)
     # The skipped points keep nothing pending: a rerun trains nothing.
     trained.clear()

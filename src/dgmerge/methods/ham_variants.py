@@ -12,6 +12,7 @@ import time
 
 from dgmerge.config import ExperimentConfig, can_reuse
 from dgmerge.methods.cell import Cell, Row
+from dgmerge.methods.ham import training_summary
 from dgmerge.methods.registry import register_experiment
 from dgmerge.training.ham import MERGED_FROM, merge_trained
 
@@ -47,7 +48,8 @@ def run(cell: Cell) -> list[Row]:
             base = cell.train_ham(train_cfg, name)
         merged = merge_trained(base, cell.theta0.state_dict(), ham_cfg)
         extra = {"variant": variant.model_dump(mode="json"), "merged_from": MERGED_FROM[ham_cfg.historical],
-                 "train_wall_time_s": round(base.wall_time_s, 3), "reused_training": reused}
+                 "train_wall_time_s": round(base.wall_time_s, 3), "reused_training": reused,
+                 **training_summary(base.history)}
         if variant.tuning:
             extra["tuning_of"] = "ham"
         rows.append(cell.record(method, cell.loaded(merged), start, extra, group="ham_variants",

@@ -29,6 +29,7 @@ from dgmerge.models.entries import find_pretrained
 from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment, scope_overrides
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
+from dgmerge.reports.diagnostics import diagnostics_markdown
 from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
 
@@ -243,6 +244,8 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         f"{wall_time_s / 60:.1f} min.", "",
         "## Accuracy (%) per held-out domain, mean ± std over seeds", "",
         _table(rows, MAIN_ROWS), "",
+        "## Diagnostics: update norms over the trained tensors, HAM's borrowing and sign conflicts", "",
+        diagnostics_markdown(rows, MAIN_ROWS), "",
         "## HAM ablations", "",
         _table(rows, ABLATION_ROWS), "",
         "## HAM sensitivity (every tuning point and λ point, as measured)", "",
