@@ -116,8 +116,8 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
     if rank == 0:
         dist.barrier()
     start = time.perf_counter()
-    result = train_ham_distributed(cell.trainable_copy(), cell.train_sets, cell.val_sets, ham_train(cfg.train, cfg.ham), cfg.ham, seed,
-                                   device=device)
+    result = train_ham_distributed(cell.trainable_copy(), cell.train_sets, cell.val_sets,
+                                   ham_train(cfg.train, cfg.ham), cfg.ham, seed, device=device)
     if result is None:
         return None
     save_history(cell.logs_dir / "ham.csv", result.history)

@@ -182,8 +182,8 @@ class Cell:
         self.guard(self.train_sets, "HAM's training")
         self.guard(self.val_sets, "HAM's model selection")
         theta = self.trainable_copy()
-        result = train_ham(theta, self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg), ham_cfg, self.seed,
-                           desc=self.desc(name), checkpoint=self.checkpointer(name),
+        result = train_ham(theta, self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg), ham_cfg,
+                           self.seed, desc=self.desc(name), checkpoint=self.checkpointer(name),
                            num_workers=self.cfg.data.num_workers, log_dir=self.tensorboard_dir(name))
         save_history(self.logs_dir / f"{name}.csv", result.history)
         self.ham_runs.append((ham_cfg, result))

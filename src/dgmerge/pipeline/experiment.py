@@ -19,7 +19,7 @@ from dgmerge.evaluation.results import read_results
 from dgmerge.hashing import config_hash
 from dgmerge.methods import Cell, build_cell, experiment_names, get_experiment, in_run_order
 from dgmerge.methods.build_tasks import build_task_cell, check_tasks, combo_name
-from dgmerge.pipeline.ham_tuning import chosen_training, not_chosen, tuning_first
+from dgmerge.pipeline.ham_tuning import skipped_points, tuning_first
 
 Log = Callable[[str], None]
 
@@ -35,7 +35,8 @@ def experiment_key(cfg: ExperimentConfig) -> str:
         payload[section].pop(name, None)
     # Settings added later leave the key as it was while they keep their defaults, so runs
     # started before them still resume (fp32 is what every older key meant, and so on).
-    for section, name, default in (("train", "precision", "fp32"), ("probe", "fit_on", "train"), ("ham", "steps", None)):
+    for section, name, default in (("train", "precision", "fp32"), ("probe", "fit_on", "train"),
+                                   ("ham", "steps", None)):
         if payload[section].get(name) == default:
             payload[section].pop(name)
             if (section, name) == ("probe", "fit_on"):
@@ -136,9 +137,8 @@ def planned_cells(cfg: ExperimentConfig, index: DomainIndex,
 
 def _not_chosen(cfg: ExperimentConfig, results_path: Path, key: str, seed: int, domain: str, log: Log) -> set[str]:
     rows = read_results(results_path) if results_path.exists() else []
-    skipped = not_chosen(cfg, rows, key, seed, domain, results_path)
+    winner, skipped = skipped_points(cfg, rows, key, seed, domain, results_path)
     if skipped:
-        winner, _ = chosen_training(cfg, rows, key, domain, results_path)
         log(f"   HAM's training chosen on seeds {cfg.ham_tuning_seeds} for {domain}: {winner}'s "
             f"(skipping {', '.join(sorted(skipped))})")
     return skipped

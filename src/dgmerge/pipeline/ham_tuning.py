@@ -38,33 +38,39 @@ def chosen_training(cfg: ExperimentConfig, rows: list[dict[str, Any]], key: str,
     naming the missing rows if a tuning seed has not finished every point.
     """
     seeds = cfg.ham_tuning_seeds or []
-    names = list(candidates(cfg, seeds[0])) if seeds else []
+    points = candidates(cfg, seeds[0]) if seeds else {}
     val: dict[tuple[int, str], float] = {}
     for row in rows:
         if row.get("experiment_key") == key and row.get("test_domain") == test_domain and row.get("seed") in seeds:
             val[(row["seed"], row["method"])] = float(row["val_acc"])
     missing = [f"seed {s}: {name}" for s in seeds for name in candidates(cfg, s) if (s, name) not in val]
-    if missing or not names:
+    if missing or not points:
         raise ValueError(
             f"ham_tuning_seeds {seeds}: HAM's tuning points for held-out domain {test_domain} are not all in "
             f"{results_path} ({'missing ' + ', '.join(missing) if missing else 'none are configured'}); "
             "run those seeds first (listed in `seeds`, they run before the others), or set "
             "ham_tuning_seeds: null to tune on every seed")
+    names = list(points)
     mean = {name: statistics.fmean(val[(s, name)] for s in seeds) for name in names}
     best = max(names, key=lambda name: (mean[name], -names.index(name)))
-    return best, candidates(cfg, seeds[0])[best]
+    return best, points[best]
+
+
+def skipped_points(cfg: ExperimentConfig, rows: list[dict[str, Any]], key: str, seed: int, test_domain: str,
+                   results_path: Path | str = "results.jsonl") -> tuple[str | None, set[str]]:
+    """(the tuning seeds' winning point, HAM's points this cell skips: those its seed cannot merge
+    from the winner's training). (None, empty) unless `ham_tuning_seeds` is set, `seed` is not
+    one of them and HAM runs here."""
+    if cfg.ham_tuning_seeds is None or seed in cfg.ham_tuning_seeds or not candidates(cfg, seed):
+        return None, set()
+    winner, chosen = chosen_training(cfg, rows, key, test_domain, results_path)
+    return winner, {name for name, ham in candidates(cfg, seed).items() if not can_reuse(ham, chosen)}
 
 
 def not_chosen(cfg: ExperimentConfig, rows: list[dict[str, Any]], key: str, seed: int, test_domain: str,
                results_path: Path | str = "results.jsonl") -> set[str]:
-    """HAM's points this cell skips: those its seed cannot merge from the training the tuning seeds chose.
-
-    Empty unless `ham_tuning_seeds` is set and `seed` is not one of them.
-    """
-    if cfg.ham_tuning_seeds is None or seed in cfg.ham_tuning_seeds or not candidates(cfg, seed):
-        return set()
-    _, chosen = chosen_training(cfg, rows, key, test_domain, results_path)
-    return {name for name, ham in candidates(cfg, seed).items() if not can_reuse(ham, chosen)}
+    """HAM's points this cell skips (`skipped_points` without the winner)."""
+    return skipped_points(cfg, rows, key, seed, test_domain, results_path)[1]
 
 
 def tuning_first(cfg: ExperimentConfig, seeds: list[int]) -> list[int]:

@@ -39,10 +39,11 @@ def plan_workers(cells: Sequence[Cell], cost: Callable[[Cell], float], jobs: int
         units.setdefault(together(cell) if together else cell, []).append(cell)
     groups: list[list[Cell]] = [[] for _ in range(jobs)]
     loads = [0.0] * jobs
-    for unit in sorted(units.values(), key=lambda u: (-sum(map(cost, u)), sorted(u))):
+    costed = [(sum(map(cost, unit)), unit) for unit in units.values()]
+    for unit_cost, unit in sorted(costed, key=lambda cu: (-cu[0], sorted(cu[1]))):
         lightest = loads.index(min(loads))
         groups[lightest] += unit
-        loads[lightest] += sum(map(cost, unit))
+        loads[lightest] += unit_cost
     return [sorted(group) for group in groups if group]
 
 
