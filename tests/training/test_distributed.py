@@ -283,6 +283,9 @@ def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path)
     assert row["method"] == "ham" and row["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert row["test_acc"] == pytest.approx(single[0]["test_acc"], abs=1e-6)
     assert row["experiment_key"] == single[0]["experiment_key"]
+    # The same training summary as the single-process row (SAE's borrowing, OPA's last conflict).
+    assert row["borrowed_per_step"] == single[0]["borrowed_per_step"]
+    assert row["final_sign_conflict"] == pytest.approx(single[0]["final_sign_conflict"], abs=1e-4)
     merged = [read_state_dict(tmp_path / run / "models" / "seed0" / "outline" / "ham.safetensors")
               for run in ("dist", "single")]
     assert close(*merged)

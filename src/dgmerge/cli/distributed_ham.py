@@ -30,6 +30,7 @@ import torch.distributed as dist
 from dgmerge.config import ConfigError, ExperimentConfig, ham_train, parse_overrides
 from dgmerge.data.imagefolder import scan_domains
 from dgmerge.methods import build_cell
+from dgmerge.methods.ham import training_summary
 from dgmerge.pipeline.experiment import experiment_key, finished_methods, load_experiment
 from dgmerge.training.distributed import train_ham_distributed
 from dgmerge.training.history import save_history
@@ -122,6 +123,7 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
         return None
     save_history(cell.logs_dir / "ham.csv", result.history)
     extra = {"merged_from": result.merged_from, "train_wall_time_s": round(result.wall_time_s, 3),
+             **training_summary(result.history),
              "distributed": {"world_size": world, "backend": dist.get_backend()}}
     row = cell.record("ham", cell.loaded(result.merged_state), start, extra,
                       hparams={"ham": cfg.ham.model_dump(mode="json")})
