@@ -19,18 +19,15 @@ from dgmerge.methods import merge as merge_module
 from dgmerge.methods.cell import Cell, SourceRun
 from dgmerge.pipeline.experiment import run_experiment
 
+from tiny import tiny_experiment
+
 DATA_MERGES = [{"method": "regmean"}, {"method": "fisher"}, {"method": "greedy_soup"}]
 
 
 def config(root: Path, out: Path, **kw) -> ExperimentConfig:
     # train_head: the tiny CNN has no linear layer or 1×1 conv; its trained head is RegMean's linear map.
-    return ExperimentConfig(
-        output_dir=out, seeds=[0], save_models=False,
-        data=DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
-        backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
-        probe=ProbeConfig(epochs=5, batch_size=32),
-        train=TrainConfig(steps=3, batch_size=4, lr=1e-2, eval_every=2, eval_batch_size=64, trainable="last:1",
-                          train_head=True), **kw)
+    return tiny_experiment(root, out, save_models=False,
+                           train={"lr": 1e-2, "trainable": "last:1", "train_head": True}, **kw)
 
 
 def tiny_cell(root: Path, out: Path, merges: list[dict]) -> Cell:

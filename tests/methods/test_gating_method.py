@@ -6,30 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from dgmerge.config import (
-    BackboneConfig,
-    DataConfig,
-    ExperimentConfig,
-    ProbeConfig,
-    TrainConfig,
-)
+from dgmerge.config import ExperimentConfig
 from dgmerge.config.gating import GatingConfig
 from dgmerge.evaluation.results import read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.pipeline.experiment import run_experiment
 from dgmerge.reports.gating_table import render_gating_dg
 
+from tiny import tiny_experiment
 
 
 def config(root: Path, out: Path, methods: list[str]) -> ExperimentConfig:
-    return ExperimentConfig(
-        output_dir=out, seeds=[0], methods=methods,
-        data=DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
-        backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
-        probe=ProbeConfig(epochs=5, batch_size=32),
-        train=TrainConfig(steps=3, batch_size=4, lr=1e-2, eval_every=2, eval_batch_size=64, trainable="last:2",
-                          feature_cache="memory"),
-        gating=GatingConfig(ms=[0, 1], gate_steps=2, gate_batch=4, gram_batches=1))
+    return tiny_experiment(root, out, methods=methods,
+                           train={"lr": 1e-2, "trainable": "last:2", "feature_cache": "memory"},
+                           gating=GatingConfig(ms=[0, 1], gate_steps=2, gate_batch=4, gram_batches=1))
 
 
 def test_gating_rows_reuse_the_cells_source_models_and_resume(tiny_shapes, tmp_path, monkeypatch):

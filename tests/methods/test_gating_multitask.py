@@ -6,31 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from dgmerge.config import (
-    BackboneConfig,
-    DataConfig,
-    ExperimentConfig,
-    ProbeConfig,
-    TrainConfig,
-)
+from dgmerge.config import ExperimentConfig
 from dgmerge.config.gating import GatingConfig
 from dgmerge.config.tasks import TasksConfig
 from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.experiment import run_experiment
 from dgmerge.reports.gating_multitask_table import render_gating_multitask
 
+from tiny import tiny_experiment
 
 
 def config(root: Path, out: Path, methods: list[str], combos: list[list[str]]) -> ExperimentConfig:
-    return ExperimentConfig(
-        output_dir=out, seeds=[0], methods=methods,
-        data=DataConfig(root=root, dataset="Shapes"),
-        backbone=BackboneConfig(kind="tiny_cnn", name="tiny", image_size=32),
-        probe=ProbeConfig(epochs=5, batch_size=32),
-        train=TrainConfig(steps=2, batch_size=4, lr=1e-2, eval_every=2, eval_batch_size=64, trainable="last:2",
-                          feature_cache="memory"),
-        tasks=TasksConfig(combos=combos, max_test=5),
-        gating=GatingConfig(ms=[1], gate_steps=2, gate_batch=4, gram_batches=1))
+    return tiny_experiment(root, out, methods=methods, test_domains=None, backbone={"image_size": 32},
+                           train={"steps": 2, "lr": 1e-2, "trainable": "last:2", "feature_cache": "memory"},
+                           tasks=TasksConfig(combos=combos, max_test=5),
+                           gating=GatingConfig(ms=[1], gate_steps=2, gate_batch=4, gram_batches=1))
 
 
 def test_task_cells_have_their_own_label_spaces_and_heads(tiny_shapes, tmp_path):

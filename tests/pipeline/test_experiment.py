@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, MergeSpec, ProbeConfig, TrainConfig
+from dgmerge.config import ExperimentConfig, MergeSpec, ProbeConfig
 from typer.testing import CliRunner
 
 from dgmerge.cli.main import app
@@ -21,15 +21,11 @@ from dgmerge.pipeline.experiment import load_experiment, scope_overrides
 from dgmerge.evaluation.saved_models import score_model
 from dgmerge.models.tiny_cnn import build_tiny_cnn
 
+from tiny import tiny_experiment
 
 
-def config(root: Path, out: Path, **kw) -> ExperimentConfig:
-    return ExperimentConfig(
-        output_dir=out, seeds=[0],
-        data=DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
-        backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
-        probe=ProbeConfig(epochs=5, batch_size=32),
-        train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64), **kw)
+
+config = tiny_experiment
 
 
 def _image(path: Path) -> torch.Tensor:

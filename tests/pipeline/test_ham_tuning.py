@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, HamVariant, ProbeConfig, TrainConfig
+from dgmerge.config import ExperimentConfig, HamVariant
 from dgmerge.evaluation.results import read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.pipeline import experiment
 from dgmerge.pipeline.ham_tuning import candidates, chosen_training, not_chosen, tuning_first
+
+from tiny import tiny_experiment
 
 # λ 0.1 (HAM's own training) with r 0.2 and 0.5; λ 1 with r 0.2 and 0.5; one ablation.
 VARIANTS = [HamVariant(label="lam0.1_r0.5", tuning=True, set={"merge_hparams": {"trim": 0.5}}),
@@ -17,12 +19,12 @@ VARIANTS = [HamVariant(label="lam0.1_r0.5", tuning=True, set={"merge_hparams": {
             HamVariant(label="lam1_r0.5", tuning=True, set={"opa_weight": 1.0, "merge_hparams": {"trim": 0.5}}),
             HamVariant(label="no-sae", set={"sae": False})]
 POINTS = ["ham", "ham:lam0.1_r0.5", "ham:lam1_r0.2", "ham:lam1_r0.5"]
+BASE = {"methods": ["ham", "ham_variants"], "ham_variants": VARIANTS, "ham_tuning_seeds": [0],
+        "ham": {"merge_method": "rhm", "merge_hparams": {"trim": 0.2}}}
 
 
 def cfg_with(**kw) -> ExperimentConfig:
-    base = {"methods": ["ham", "ham_variants"], "ham_variants": VARIANTS, "ham_tuning_seeds": [0],
-            "ham": {"merge_method": "rhm", "merge_hparams": {"trim": 0.2}}}
-    return ExperimentConfig(**{**base, **kw})
+    return ExperimentConfig(**{**BASE, **kw})
 
 
 def rows_for(seed: int, vals: dict[str, float], domain: str = "photo", key: str = "k") -> list[dict]:
@@ -90,11 +92,7 @@ def test_tuning_seeds_run_first():
 
 
 def tiny(root: Path, out: Path, **kw) -> ExperimentConfig:
-    return cfg_with(**{"output_dir": out, "seeds": [0],
-                       "data": DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
-                       "backbone": BackboneConfig(kind="tiny_cnn", name="tiny"),
-                       "probe": ProbeConfig(epochs=5, batch_size=32),
-                       "train": TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64), **kw})
+    return tiny_experiment(root, out, **{**BASE, **kw})
 
 
 def test_later_seeds_train_only_the_point_seed_0_chose(tiny_shapes, tmp_path, monkeypatch):

@@ -24,10 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.config import TrainConfig
 from dgmerge.models.classifier import Classifier
 from dgmerge.training.finetune import fine_tune
 from dgmerge.training.ham import HamConfig, train_ham
+
+from tiny import tiny_experiment
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -257,11 +259,7 @@ def test_torchrun_entry_point_records_the_single_process_ham_row(tmp_path: Path)
 
     root = tmp_path / "data"
     generate_synthetic(root, name="Shapes", domains=("solid", "outline", "noisy"), images_per_class=6, seed=0)
-    cfg = ExperimentConfig(output_dir=tmp_path / "dist", seeds=[0], methods=["ham"],
-                           data=DataConfig(root=root, dataset="Shapes", test_domains=["outline"]),
-                           backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
-                           probe=ProbeConfig(epochs=5, batch_size=32),
-                           train=TrainConfig(steps=3, batch_size=4, lr=1e-3, eval_every=2, eval_batch_size=64))
+    cfg = tiny_experiment(root, tmp_path / "dist", methods=["ham"])
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",

@@ -8,26 +8,19 @@ from safetensors.torch import load_file
 
 from dgmerge.config import (
     BackboneConfig,
-    DataConfig,
     ExperimentConfig,
-    ProbeConfig,
-    TrainConfig,
 )
 from dgmerge.evaluation.results import read_results
 from dgmerge.models import load_backbone
 from dgmerge.pipeline import experiment
 from dgmerge.evaluation.saved_models import score_model
 
+from tiny import tiny_experiment
 
 
 def config(root: Path, out: Path, cache: str) -> ExperimentConfig:
-    return ExperimentConfig(
-        output_dir=out, seeds=[0], methods=["zero_shot", "erm", "merge"],
-        data=DataConfig(root=root, dataset="Shapes", test_domains=["noisy"]),
-        backbone=BackboneConfig(kind="tiny_cnn", name="tiny"),
-        probe=ProbeConfig(epochs=5, batch_size=32),
-        train=TrainConfig(steps=4, batch_size=4, lr=1e-2, eval_every=2, trainable="last:2",
-                          feature_cache=cache))
+    return tiny_experiment(root, out, methods=["zero_shot", "erm", "merge"], test_domains=["noisy"],
+                           train={"steps": 4, "lr": 1e-2, "trainable": "last:2", "feature_cache": cache})
 
 
 def test_cached_run_equals_uncached_run(tiny_shapes, tmp_path):
