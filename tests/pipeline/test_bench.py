@@ -27,6 +27,11 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     root, weights = fake_inputs(tmp_path)
     cfg = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out"))
     assert cfg.seeds == [0, 1, 2] and cfg.train.feature_cache == "disk"
+    # The budgets BENCHMARKS.md's convergence study chose; --steps trains every method, HAM too,
+    # for its budget (the 100-step table of 2026-11-24 is `--steps 100`).
+    assert (cfg.train.steps, cfg.ham.steps, cfg.train.eval_every) == (1000, 4000, 50)
+    old = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, steps=100))
+    assert (old.train.steps, old.ham.steps) == (100, None)
     assert cfg.train.feature_cache_dir == tmp_path / "out" / "feature_cache"
     assert {f"merge:{m.name}" for m in cfg.merges} | {"linear_probe", "erm", "single_source_mean", "ham", "erm_ma",
                                                      "swad", "diwa", "diwa:greedy"} == set(MAIN_ROWS)
@@ -52,6 +57,7 @@ def test_lambda_is_tuned_on_seed_0_and_every_budget_trains_ham_for_that_budget(t
     # The one-seed CI run tunes on its own seed, whichever it is.
     quick = BenchOptions(data_root=tiny_shapes, dataset="Shapes", weights=weights, quick=True, seeds=[1])
     assert pacs_cpu_config(quick).ham_tuning_seeds is None and pacs_cpu_config(quick).seeds == [1]
+    assert (pacs_cpu_config(quick).train.steps, pacs_cpu_config(quick).ham.steps) == (6, None)
     # A convergence budget is HAM's budget too, whatever HAM's own steps were set to.
     budget = pacs_cpu_config(budget_options(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out",
                                                          overrides={"ham.steps": 3000}), 700))

@@ -22,7 +22,7 @@ def pacs_cpu(
     seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Trial seed; repeat (default 0 1 2)."),
     test_domains: Optional[list[str]] = typer.Option(None, "--test-domain", help="Held-out domain; repeat "
                                                      "(default: all four)."),
-    steps: Optional[int] = typer.Option(None, help="Fine-tuning steps (default: the config's)."),
+    steps: Optional[int] = typer.Option(None, help="Fine-tuning steps of every method, HAM included (default: the config's budgets)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Frozen-prefix activation cache "
                                              "(default <out>/feature_cache)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized: one seed, photo held out, 60 images per "
@@ -40,7 +40,7 @@ def pacs_cpu(
     convergence: bool = typer.Option(False, "--convergence", help="Train ERM, the single-source models and HAM "
                                      "for each of --budgets steps and report source-validation accuracy per budget."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated step budgets for --convergence "
-                                          "(default 100,300,1000,2000)."),
+                                          "(default 100,300,1000,2000,4000)."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 

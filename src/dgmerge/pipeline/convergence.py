@@ -20,7 +20,7 @@ from dgmerge.pipeline.experiment import experiment_key
 from dgmerge.reports.convergence import budget_markdown, budget_table, converged_budget, plot_budgets
 
 Log = Callable[[str], None]
-BUDGETS = (100, 300, 1000, 2000)
+BUDGETS = (100, 300, 1000, 2000, 4000)
 METHODS = ["erm", "single_source", "ham"]
 
 

@@ -59,7 +59,9 @@ def load_experiment(path: Path | str, overrides: dict[str, Any] | None = None) -
 
 def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | None = None,
                     steps: int | None = None) -> dict[str, Any]:
-    """Config overrides for a command's --seed/--test-domain/--steps (only those given)."""
+    """Config overrides for a command's --seed/--test-domain/--steps (only those given).
+
+    --steps is every training's budget, HAM's included (a config's own `ham.steps` is dropped)."""
     out: dict[str, Any] = {}
     if seeds:
         out["seeds"] = list(seeds)
@@ -67,6 +69,7 @@ def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | No
         out["data.test_domains"] = list(test_domains)
     if steps:
         out["train.steps"] = steps
+        out["ham.steps"] = None
     return out
 
 
