@@ -9,7 +9,7 @@ from dgmerge.config import ExperimentConfig, HamVariant
 from dgmerge.evaluation.results import read_results
 from dgmerge.methods import cell as cell_module
 from dgmerge.pipeline import experiment
-from dgmerge.pipeline.ham_tuning import candidates, chosen_training, not_chosen, tuning_first
+from dgmerge.pipeline.ham_tuning import candidates, chosen_training, skipped_points, tuning_first
 
 from tiny import tiny_experiment
 
@@ -25,6 +25,11 @@ BASE = {"methods": ["ham", "ham_variants"], "ham_variants": VARIANTS, "ham_tunin
 
 def cfg_with(**kw) -> ExperimentConfig:
     return ExperimentConfig(**{**BASE, **kw})
+
+
+def not_chosen(*args, **kw) -> set[str]:
+    """The points a cell skips, without the winner that `skipped_points` also names."""
+    return skipped_points(*args, **kw)[1]
 
 
 def rows_for(seed: int, vals: dict[str, float], domain: str = "photo", key: str = "k") -> list[dict]:
@@ -50,6 +55,8 @@ def test_the_winner_by_source_validation_names_the_training_the_other_seeds_run(
     assert name == "ham:lam1_r0.5" and ham.opa_weight == 1.0
     # Seed 1 skips every point it cannot merge from λ 1's training: HAM's own and its r 0.5.
     assert not_chosen(cfg, rows, "k", 1, "photo") == {"ham", "ham:lam0.1_r0.5"}
+    assert skipped_points(cfg, rows, "k", 1, "photo")[0] == "ham:lam1_r0.5"
+    assert skipped_points(cfg, rows, "k", 0, "photo") == (None, set())
     # The tuning seed itself skips nothing, and without ham_tuning_seeds nothing is skipped.
     assert not_chosen(cfg, rows, "k", 0, "photo") == set()
     assert not_chosen(cfg_with(ham_tuning_seeds=None), rows, "k", 1, "photo") == set()

@@ -22,7 +22,8 @@ def pacs_cpu(
     seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Trial seed; repeat (default 0 1 2)."),
     test_domains: Optional[list[str]] = typer.Option(None, "--test-domain", help="Held-out domain; repeat "
                                                      "(default: all four)."),
-    steps: Optional[int] = typer.Option(None, help="Fine-tuning steps of every method, HAM included (default: the config's budgets)."),
+    steps: Optional[int] = typer.Option(None, help="Fine-tuning steps of every method, HAM included "
+                                        "(default: the config's budgets)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Frozen-prefix activation cache "
                                              "(default <out>/feature_cache)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized: one seed, photo held out, 60 images per "

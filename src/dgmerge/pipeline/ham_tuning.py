@@ -67,12 +67,6 @@ def skipped_points(cfg: ExperimentConfig, rows: list[dict[str, Any]], key: str, 
     return winner, {name for name, ham in candidates(cfg, seed).items() if not can_reuse(ham, chosen)}
 
 
-def not_chosen(cfg: ExperimentConfig, rows: list[dict[str, Any]], key: str, seed: int, test_domain: str,
-               results_path: Path | str = "results.jsonl") -> set[str]:
-    """HAM's points this cell skips (`skipped_points` without the winner)."""
-    return skipped_points(cfg, rows, key, seed, test_domain, results_path)[1]
-
-
 def tuning_first(cfg: ExperimentConfig, seeds: list[int]) -> list[int]:
     """`seeds` with the tuning seeds first (the others need their choice), each group in order."""
     tuning = set(cfg.ham_tuning_seeds or [])
