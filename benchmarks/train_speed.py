@@ -175,6 +175,7 @@ class Option:
     label: str
     batch: int
     step: Callable[[], int]
+    weights: Callable[[], list[dict[str, torch.Tensor]]]  # each model's trainable tensors, for checks
 
 
 class _Batches:
@@ -186,7 +187,9 @@ class _Batches:
 
     def draw(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(self.labels[i]), (self.batch,), generator=self.generator)
-        return self.caches[i][idx].float(), self.labels[i][idx]
+        x = self.caches[i][idx]
+        # (d)'s half-precision cache computes in float32; any other cache keeps its dtype.
+        return (x.float() if x.dtype == torch.float16 else x), self.labels[i][idx]
 
 
 def loop_option(label: str, model: Classifier, batches: _Batches) -> Option:
@@ -203,7 +206,10 @@ def loop_option(label: str, model: Classifier, batches: _Batches) -> Option:
             opt.step()
         return len(models) * batches.batch
 
-    return Option(label, batches.batch, step)
+    def weights() -> list[dict[str, torch.Tensor]]:
+        return [{name: p.detach() for name, p in m.named_parameters() if p.requires_grad} for m in models]
+
+    return Option(label, batches.batch, step, weights)
 
 
 def stacked_option(label: str, model: Classifier, batches: _Batches) -> Option:
@@ -232,7 +238,10 @@ def stacked_option(label: str, model: Classifier, batches: _Batches) -> Option:
         opt.step()
         return n * batches.batch
 
-    return Option(label, batches.batch, step)
+    def weights() -> list[dict[str, torch.Tensor]]:
+        return [{name: t[i].detach() for name, t in stacked.items()} for i in range(n)]
+
+    return Option(label, batches.batch, step, weights)
 
 
 def matmul_option(size: int) -> Callable[[], float]:
