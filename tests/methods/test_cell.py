@@ -88,14 +88,15 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cell_module, "train_ham", fake_train_ham)
     monkeypatch.setattr(cell_module, "save_history", lambda path, history: seen.update(history_path=path))
+    monkeypatch.setattr(cell_module, "save_finished", lambda path, result, key: seen.update(kept=(path, key)))
     config = cfg(["ham"]).model_copy(update={"output_dir": tmp_path,
                                              "train": TrainConfig(checkpoint_every=7),
                                              "data": DataConfig(root="unused", dataset="X", num_workers=2)})
     guarded = []
     cell = SimpleNamespace(cfg=config, seed=3, test_domain="sketch", job="J", train_sets={"a": "train-a"},
-                           val_sets={"a": "val-a"}, ham_runs=[], logs_dir=tmp_path / "logs",
+                           val_sets={"a": "val-a"}, ham_runs=[], kept=[], logs_dir=tmp_path / "logs",
                            guard=lambda data, purpose: guarded.append((data, purpose)), trainable_copy=lambda: "θ0")
-    for method in ("desc", "checkpointer", "tensorboard_dir"):
+    for method in ("desc", "checkpointer", "tensorboard_dir", "kept_ham", "_ham_key", "checkpoint_dir"):
         setattr(cell, method, getattr(Cell, method).__get__(cell))
     ham_cfg = HamConfig(opa_weight=0.5)
     result = Cell.train_ham(cell, ham_cfg, "ham:no sae")
@@ -109,6 +110,11 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     assert seen["num_workers"] == 2
     assert seen["history_path"] == tmp_path / "logs" / "ham:no sae.csv"
     assert cell.ham_runs == [(ham_cfg, result)]
+    # Kept beside the checkpoints, under the settings it was trained with, until the cell is done.
+    kept = tmp_path / "checkpoints" / "J" / "seed3" / "sketch" / "ham:no sae.ham-finished.pt"
+    assert seen["kept"] == (kept, {"ham": ham_cfg.model_dump(mode="json"),
+                                   "train": config.train.model_dump(mode="json"), "seed": 3})
+    assert cell.kept == [kept]
     assert seen["train_cfg"] is config.train  # no budget of HAM's own: train.steps
 
     # ham.steps is HAM's own budget; every other fine-tuning setting stays the experiment's.
@@ -123,7 +129,7 @@ def stand_in_cell(tmp_path, **extra) -> SimpleNamespace:
         "output_dir": tmp_path, "train": TrainConfig(checkpoint_every=9),
         "data": DataConfig(root="unused", dataset="X", num_workers=3)})
     cell = SimpleNamespace(cfg=config, seed=4, test_domain="sketch", job="J", logs_dir=tmp_path / "logs", **extra)
-    for method in ("desc", "checkpointer", "tensorboard_dir", "fine_tune", "classes"):
+    for method in ("desc", "checkpointer", "checkpoint_dir", "tensorboard_dir", "fine_tune", "classes"):
         setattr(cell, method, getattr(Cell, method).__get__(cell))
     return cell
 

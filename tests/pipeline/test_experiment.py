@@ -272,6 +272,60 @@ def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_sha
         ExperimentConfig(ham_variants=[HamVariant(label="bad", set={"opa_weight": -1})])
 
 
+def test_a_run_stopped_after_hams_training_resumes_its_variants_without_training_it_again(
+        tiny_shapes, tmp_path, monkeypatch):
+    """HAM's training is kept on disk until the cell is done: a stop during a later training
+    (here no-sae's) loses neither it nor the rows of the variants that merge it."""
+    from dgmerge.config import HamVariant
+    from dgmerge.training.checkpoint import Checkpointer
+
+    class Killed(Exception):
+        pass
+
+    variants = [HamVariant(label="ties", set={"merge_method": "ties", "merge_hparams": {"keep": 0.2}}),
+                HamVariant(label="no-sae", set={"sae": False}),
+                HamVariant(label="r0.5", set={"merge_hparams": {"trim": 0.5}})]
+
+    def cfg(out):
+        return config(tiny_shapes, out, methods=["ham", "ham_variants"], ham_variants=variants,
+                      train={"steps": 4, "checkpoint_every": 2})
+
+    full = {r["method"]: r for r in experiment.run_experiment(cfg(tmp_path / "a"), log=lambda _: None)}
+    assert not list((tmp_path / "a" / "checkpoints").rglob("*.pt"))  # released with the cell
+
+    original = Checkpointer.save
+
+    def die_in_no_sae(self, payload):
+        original(self, payload)
+        if self.path.name == "ham_no-sae.pt":
+            raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", die_in_no_sae)
+    with pytest.raises(Killed):
+        experiment.run_experiment(cfg(tmp_path / "b"), log=lambda _: None)
+    (kept,) = (tmp_path / "b" / "checkpoints").rglob("*.ham-finished.pt")
+    assert kept.name == "ham.ham-finished.pt"
+    monkeypatch.undo()
+
+    trained: list[bool] = []
+    real = cell_module.train_ham
+
+    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
+        trained.append(ham_cfg.sae)
+        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
+
+    monkeypatch.setattr(cell_module, "train_ham", spy)
+    rows = {r["method"]: r for r in experiment.run_experiment(cfg(tmp_path / "b"), log=lambda _: None)}
+    assert list(rows) == ["ham:no-sae", "ham:r0.5"] and trained == [False]  # HAM itself did not train again
+    assert rows["ham:r0.5"]["reused_training"] is True
+    for method, row in rows.items():
+        assert (row["test_acc"], row["val_acc"]) == (full[method]["test_acc"], full[method]["val_acc"])
+    # The training's own wall time came back with it (the one the first process's ham row wrote).
+    first = {r["method"]: r for r in read_results(tmp_path / "b" / "results.jsonl")}
+    assert rows["ham:r0.5"]["train_wall_time_s"] == first["ham"]["train_wall_time_s"]
+    assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt"))
+
+
 def test_ham_variant_runs_split_free_and_training_variants(tiny_shapes, tmp_path):
     from dgmerge.config import HamVariant
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from dgmerge.config import ExperimentConfig, HamConfig, TrainConfig, ham_train
+from dgmerge.config import ExperimentConfig, HamConfig, TrainConfig, can_reuse, ham_train
 from dgmerge.data.environments import Environments
 from dgmerge.data.imagefolder import DomainIndex
 from dgmerge.data.leak_guard import refuse_test_samples
@@ -29,6 +29,7 @@ from dgmerge.models.backbone import Backbone
 from dgmerge.models.classifier import Classifier, set_trainable, trainable_names
 from dgmerge.training.checkpoint import Checkpointer
 from dgmerge.training.finetune import SELECTION_RULE, TrainResult, copy_model, fine_tune
+from dgmerge.training.finished import read_finished, save_finished
 from dgmerge.training.ham import HamResult, train_ham
 from dgmerge.training.history import save_history
 from dgmerge.training.observers import MovingAverage, TrajectoryObserver
@@ -36,6 +37,8 @@ from dgmerge.training.swad import LossValley, SwadObserver
 
 Log = Callable[[str], None]
 Row = dict[str, Any]
+# File-name suffix of a finished HAM training kept beside the cell's checkpoints.
+KEPT_HAM = ".ham-finished"
 
 
 @dataclass
@@ -99,6 +102,8 @@ class Cell:
     _erm: ErmRun | None = None
     # (HAM config, its training) pairs trained in this cell, for variants that reuse them.
     ham_runs: list[tuple[HamConfig, HamResult]] = field(default_factory=list)
+    # Finished trainings kept on disk for reuse after a restart, deleted by `release`.
+    kept: list[Path] = field(default_factory=list)
 
     @property
     def sources(self) -> list[str]:
@@ -178,16 +183,54 @@ class Cell:
         return observers
 
     def train_ham(self, ham_cfg: HamConfig, name: str) -> HamResult:
-        """HAM's lockstep training of one model per source under `ham_cfg` (resumable)."""
+        """HAM's lockstep training of one model per source under `ham_cfg` (resumable).
+
+        A finished training stays on disk beside the checkpoints until the cell's methods are
+        all done (`release`), so a run stopped before the variants that reuse it resumes
+        without training it again (`kept_ham`)."""
+        kept = self.kept_ham(ham_cfg)
+        if kept is not None:
+            return kept
         self.guard(self.train_sets, "HAM's training")
         self.guard(self.val_sets, "HAM's model selection")
-        theta = self.trainable_copy()
-        result = train_ham(theta, self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg), ham_cfg,
-                           self.seed, desc=self.desc(name), checkpoint=self.checkpointer(name),
+        result = train_ham(self.trainable_copy(), self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg),
+                           ham_cfg, self.seed, desc=self.desc(name), checkpoint=self.checkpointer(name),
                            num_workers=self.cfg.data.num_workers, log_dir=self.tensorboard_dir(name))
         save_history(self.logs_dir / f"{name}.csv", result.history)
+        if self.cfg.train.checkpoint_every:
+            path = self.checkpoint_dir / f"{name}{KEPT_HAM}.pt"
+            save_finished(path, result, self._ham_key(ham_cfg))
+            self.kept.append(path)
         self.ham_runs.append((ham_cfg, result))
         return result
+
+    def kept_ham(self, ham_cfg: HamConfig) -> HamResult | None:
+        """A training an earlier process of this cell finished and kept whose models `ham_cfg`
+        can merge (None if there is none: checkpoints off, not that far, or other settings)."""
+        if not self.cfg.train.checkpoint_every or not self.checkpoint_dir.is_dir():
+            return None
+        wanted = self._ham_key(ham_cfg)
+        for path in sorted(self.checkpoint_dir.glob(f"*{KEPT_HAM}.pt")):
+            if path in self.kept:  # already among ham_runs
+                continue
+            key, result = read_finished(path)
+            trained = HamConfig.model_validate(key["ham"])
+            if (key["seed"], key["train"]) == (wanted["seed"], wanted["train"]) and can_reuse(ham_cfg, trained):
+                self.log(f"   HAM's training kept in {path} (finished before a restart)")
+                self.kept.append(path)
+                self.ham_runs.append((trained, result))
+                return result
+        return None
+
+    def _ham_key(self, ham_cfg: HamConfig) -> dict[str, Any]:
+        return {"ham": ham_cfg.model_dump(mode="json"),
+                "train": ham_train(self.cfg.train, ham_cfg).model_dump(mode="json"), "seed": self.seed}
+
+    def release(self) -> None:
+        """Delete the finished trainings kept for this cell: every method has written its rows."""
+        for path in self.kept:
+            path.unlink(missing_ok=True)
+        self.kept.clear()
 
     def desc(self, name: str) -> str:
         """A training run's name in progress lines: which cell it belongs to, and what it trains."""
@@ -227,8 +270,12 @@ class Cell:
 
     def checkpointer(self, name: str) -> Checkpointer:
         """Where run `name`'s resumable state goes; keyed by the experiment so configs never mix."""
-        path = self.cfg.output_dir / "checkpoints" / self.job / f"seed{self.seed}" / self.test_domain / f"{name}.pt"
-        return Checkpointer(path, self.cfg.train.checkpoint_every)
+        return Checkpointer(self.checkpoint_dir / f"{name}.pt", self.cfg.train.checkpoint_every)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """This cell's checkpoints (and finished runs kept for reuse)."""
+        return self.cfg.output_dir / "checkpoints" / self.job / f"seed{self.seed}" / self.test_domain
 
     # --- rows -----------------------------------------------------------------------------
 

@@ -156,6 +156,7 @@ def run_cell(cell: Cell, methods: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in in_run_order(methods):
         rows += get_experiment(name).run(cell)
+    cell.release()
     return rows
 
 
