@@ -41,7 +41,8 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     points = {(cfg.variant_config(v).opa_weight, cfg.variant_config(v).merge_hparams["trim"])
               for v in cfg.ham_variants if v.tuning} | {(cfg.ham.opa_weight, cfg.ham.merge_hparams["trim"])}
     assert points == {(lam, r) for lam in (0.1, 0.5, 1.0) for r in (0.2, 0.4, 0.6, 0.8)}
-    assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham"}
+    assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham", "ham_soup"}
+    assert "ham_soup" in cfg.methods  # diversity over λ draws, measured at no training cost
     # The main part reuses HAM's training; the ablation part trains only what needs training.
     assert cfg.ham_variant_runs == "reuse" and "erm" in cfg.methods
     ablations = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, part="ablations"))

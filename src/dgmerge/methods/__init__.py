@@ -5,7 +5,7 @@ write `methods/<name>.py` with a function decorated by `@register_experiment(...
 it below, and add its test under tests/methods/.
 """
 
-from dgmerge.methods import (diwa, erm, erm_ma, frozen_head, gating, ham, ham_variants, merge,  # noqa: F401
+from dgmerge.methods import (diwa, erm, erm_ma, frozen_head, gating, ham, ham_soup, ham_variants, merge,  # noqa: F401
                              single_source, swad)
 from dgmerge.methods.cell import Cell, SourceRun
 from dgmerge.methods.registry import (

@@ -69,6 +69,7 @@ ABLATION_ROWS = {
     "ham:layer-level": "layer-level instead of model-level trimming",
     "ham:ties": "TIES instead of RHM",
     "ham:sae-margin-cap-warmup": "SAE above τ+0.1, cap 8, from step 20 (the 100-step bench's rule)",
+    "ham_soup": "HAM soup: every λ point's models merged (ours; tuning seeds only)",
 }
 
 
@@ -131,7 +132,8 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
                           "ma.start_step": 3, "diwa.runs": 2, "ham_tuning_seeds": None})
     overrides.update(scope_overrides(opts.seeds, opts.test_domains, opts.steps))
     part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
-    main = ["linear_probe", "erm", "erm_ma", "swad", "diwa", "single_source", "merge", "ham", "ham_variants"]
+    main = ["linear_probe", "erm", "erm_ma", "swad", "diwa", "single_source", "merge", "ham", "ham_variants",
+            "ham_soup"]
     methods = {"main": main, "ablations": ["ham_variants"], "all": main}[part]
     overrides["methods"] = methods
     overrides["ham_variant_runs"] = {"main": "reuse", "ablations": "train", "all": "all"}[part]
