@@ -121,6 +121,9 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     Cell.train_ham(cell, HamConfig(steps=11), "ham")
     assert seen["train_cfg"].steps == 11 and config.train.steps != 11
     assert seen["train_cfg"].model_dump(exclude={"steps"}) == config.train.model_dump(exclude={"steps"})
+    # So is ham.eval_every its own evaluation cadence.
+    Cell.train_ham(cell, HamConfig(steps=11, eval_every=5), "ham")
+    assert (seen["train_cfg"].steps, seen["train_cfg"].eval_every, config.train.eval_every) == (11, 5, 50)
 
 
 def stand_in_cell(tmp_path, **extra) -> SimpleNamespace:

@@ -31,7 +31,8 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     # for its budget (the 100-step table of 2026-11-24 is `--steps 100`).
     assert (cfg.train.steps, cfg.ham.steps, cfg.train.eval_every) == (1000, 4000, 50)
     old = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, steps=100))
-    assert (old.train.steps, old.ham.steps) == (100, None)
+    assert (old.train.steps, old.ham.steps, old.ham.eval_every) == (100, None, None)
+    assert cfg.ham.eval_every == 200  # as the convergence study's 4000-step runs evaluated
     assert cfg.train.feature_cache_dir == tmp_path / "out" / "feature_cache"
     assert {f"merge:{m.name}" for m in cfg.merges} | {"linear_probe", "erm", "single_source_mean", "ham", "erm_ma",
                                                      "swad", "diwa", "diwa:greedy"} == set(MAIN_ROWS)
@@ -59,10 +60,12 @@ def test_lambda_is_tuned_on_seed_0_and_every_budget_trains_ham_for_that_budget(t
     quick = BenchOptions(data_root=tiny_shapes, dataset="Shapes", weights=weights, quick=True, seeds=[1])
     assert pacs_cpu_config(quick).ham_tuning_seeds is None and pacs_cpu_config(quick).seeds == [1]
     assert (pacs_cpu_config(quick).train.steps, pacs_cpu_config(quick).ham.steps) == (6, None)
+    assert pacs_cpu_config(quick).ham.eval_every is None
     # A convergence budget is HAM's budget too, whatever HAM's own steps were set to.
     budget = pacs_cpu_config(budget_options(BenchOptions(data_root=root, weights=weights, out=tmp_path / "out",
                                                          overrides={"ham.steps": 3000}), 700))
     assert (budget.train.steps, budget.ham.steps, budget.output_dir) == (700, None, tmp_path / "out" / "steps700")
+    assert (budget.train.eval_every, budget.ham.eval_every) == (50, None)
     assert pacs_cpu_config(BenchOptions(data_root=root, weights=weights, overrides={"ham.steps": 3000})).ham.steps == 3000
 
 

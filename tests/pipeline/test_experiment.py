@@ -343,8 +343,9 @@ def test_ham_variant_runs_split_free_and_training_variants(tiny_shapes, tmp_path
 def test_scope_overrides_carry_only_the_options_given():
     assert scope_overrides() == {}
     assert scope_overrides(seeds=[2, 0], test_domains=["sketch"], steps=300) == {
-        "seeds": [2, 0], "data.test_domains": ["sketch"], "train.steps": 300, "ham.steps": None}
-    assert scope_overrides(steps=50) == {"train.steps": 50, "ham.steps": None}
+        "seeds": [2, 0], "data.test_domains": ["sketch"], "train.steps": 300, "ham.steps": None,
+        "ham.eval_every": None}
+    assert scope_overrides(steps=50) == {"train.steps": 50, "ham.steps": None, "ham.eval_every": None}
 
 
 def test_load_experiment_checks_methods_against_the_experiment_registry(tmp_path):

@@ -323,3 +323,14 @@ def test_a_checkpoint_brings_back_each_models_loss_scale_and_puts_its_best_state
     ham_module._restore([resumed], {}, {"runs": [ham_module._export(saved)], "streams": {}})
     assert resumed.scaler.get_scale() == 8.0
     assert devices == [resumed.device] and (resumed.best_step, resumed.best_acc) == (3, 0.75)
+
+
+def test_the_evaluation_cadence_changes_only_the_best_checkpoints():
+    """Why ham.eval_every may be sparse on a long budget: what HAM merges does not depend on it."""
+    often = run(cfg=CFG.model_copy(update={"eval_every": 1}))
+    rarely = run(cfg=CFG.model_copy(update={"eval_every": 8}))
+    for source in SOURCES:
+        assert same(often.historical_states[source], rarely.historical_states[source])
+        assert same(often.final_states[source], rarely.final_states[source])
+    assert same(often.merged_state, rarely.merged_state)
+    assert [sum("val_acc/a" in r for r in x.history) for x in (often, rarely)] == [8, 1]

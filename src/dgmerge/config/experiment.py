@@ -175,8 +175,10 @@ class MergeSpec(StrictModel):
 
 
 def ham_train(train: TrainConfig, ham: HamConfig) -> TrainConfig:
-    """The fine-tuning settings HAM trains under: `train`'s, with HAM's own step budget if it has one."""
-    return train if ham.steps is None else train.model_copy(update={"steps": ham.steps})
+    """The fine-tuning settings HAM trains under: `train`'s, with HAM's own step budget and
+    evaluation cadence where it has them."""
+    own = {name: value for name, value in (("steps", ham.steps), ("eval_every", ham.eval_every)) if value is not None}
+    return train.model_copy(update=own) if own else train
 
 
 class HamVariant(StrictModel):

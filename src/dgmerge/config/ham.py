@@ -58,6 +58,10 @@ class HamConfig(StrictModel):
     # --- HAM's own training budget (None: train.steps). Its lockstep models can converge later
     # than ERM's; each method is compared at its own converged budget, chosen on source validation.
     steps: int | None = Field(default=None, gt=0)
+    # Steps between HAM's source-validation passes (None: train.eval_every). They only pick each
+    # model's best checkpoint (the best-checkpoint ablation); the historical averages and their
+    # merge do not depend on them, so a long budget can evaluate as rarely as a short one.
+    eval_every: int | None = Field(default=None, gt=0)
 
     # --- Data order. "single_source": every source's stream is seeded as fine_tune seeds a
     # single-source run (seed*1000), so with sae/opa off each model equals the single_source

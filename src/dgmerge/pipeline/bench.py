@@ -127,7 +127,7 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
         domains = scan_domains(dataset_dir).domains
         first = "photo" if "photo" in domains else domains[0]
         overrides.update({"seeds": [0], "data.test_domains": [first], "data.max_images_per_domain": 60,
-                          "train.steps": 6, "ham.steps": None, "train.eval_every": 3,
+                          "train.steps": 6, "ham.steps": None, "ham.eval_every": None, "train.eval_every": 3,
                           "train.checkpoint_every": 0, "probe.epochs": 10, "train.feature_cache": "memory",
                           "ma.start_step": 3, "diwa.runs": 2, "ham_tuning_seeds": None})
     overrides.update(scope_overrides(opts.seeds, opts.test_domains, opts.steps))

@@ -31,6 +31,7 @@ def budget_options(opts: BenchOptions, steps: int) -> BenchOptions:
     # so adding HAM later to the same folders resumes them.
     # Every method, HAM included (ham.steps: None), trains for the budget under study.
     overrides = {"methods": METHODS, **opts.overrides, "ham_variants": [], "ham.steps": None,
+                 "ham.eval_every": None,
                  "train.eval_every": max(50, steps // 20), "train.checkpoint_every": max(25, steps // 20)}
     if opts.quick:
         overrides.pop("train.eval_every")

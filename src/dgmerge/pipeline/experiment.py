@@ -36,7 +36,7 @@ def experiment_key(cfg: ExperimentConfig) -> str:
     # Settings added later leave the key as it was while they keep their defaults, so runs
     # started before them still resume (fp32 is what every older key meant, and so on).
     for section, name, default in (("train", "precision", "fp32"), ("probe", "fit_on", "train"),
-                                   ("ham", "steps", None)):
+                                   ("ham", "steps", None), ("ham", "eval_every", None)):
         if payload[section].get(name) == default:
             payload[section].pop(name)
             if (section, name) == ("probe", "fit_on"):
@@ -61,7 +61,8 @@ def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | No
                     steps: int | None = None) -> dict[str, Any]:
     """Config overrides for a command's --seed/--test-domain/--steps (only those given).
 
-    --steps is every training's budget, HAM's included (a config's own `ham.steps` is dropped)."""
+    --steps is every training's budget, HAM's included (a config's own `ham.steps` and
+    `ham.eval_every` are dropped)."""
     out: dict[str, Any] = {}
     if seeds:
         out["seeds"] = list(seeds)
@@ -70,6 +71,7 @@ def scope_overrides(seeds: list[int] | None = None, test_domains: list[str] | No
     if steps:
         out["train.steps"] = steps
         out["ham.steps"] = None
+        out["ham.eval_every"] = None
     return out
 
 
