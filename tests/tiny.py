@@ -7,9 +7,10 @@ is not importable."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, ProbeConfig, TrainConfig
+from dgmerge.config import BackboneConfig, DataConfig, ExperimentConfig, HamConfig, ProbeConfig, TrainConfig
+from dgmerge.methods import cell as cell_module
 
 TRAIN = {"steps": 3, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "eval_batch_size": 64}
 
@@ -28,3 +29,17 @@ def tiny_experiment(root: Path, out: Path, *, test_domains: Sequence[str] | None
         "probe": ProbeConfig(**{"epochs": 5, "batch_size": 32, **(probe or {})}),
         "train": TrainConfig(**{**TRAIN, **(train or {})}),
         **fields})
+
+
+def record_ham_trainings(monkeypatch, what: Callable[[HamConfig], Any]) -> list[Any]:
+    """The list that `what(ham_cfg)` of every HAM training the cells start is appended to
+    (the trainings still run)."""
+    trained: list[Any] = []
+    real = cell_module.train_ham
+
+    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
+        trained.append(what(ham_cfg))
+        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
+
+    monkeypatch.setattr(cell_module, "train_ham", spy)
+    return trained

@@ -7,11 +7,10 @@ import torch
 
 from dgmerge.config import ExperimentConfig, HamConfig, HamVariant
 from dgmerge.files import read_state_dict
-from dgmerge.methods import cell as cell_module
 from dgmerge.methods import ham_soup
 from dgmerge.pipeline.experiment import check_methods, run_experiment
 
-from tiny import tiny_experiment
+from tiny import record_ham_trainings, tiny_experiment
 
 LAM = [HamVariant(label="lam0.5_r0.2", tuning=True, set={"opa_weight": 0.5}),
        HamVariant(label="lam0.5_r0.4", tuning=True, set={"opa_weight": 0.5, "merge_hparams": {"trim": 0.4}}),
@@ -34,14 +33,7 @@ def test_a_config_without_tuning_trainings_is_refused_and_other_seeds_are_skippe
 
 
 def test_without_trimming_the_soup_is_the_mean_of_the_trainings_merges(tiny_shapes, tmp_path, monkeypatch):
-    trained: list[float] = []
-    real = cell_module.train_ham
-
-    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
-        trained.append(ham_cfg.opa_weight)
-        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
-
-    monkeypatch.setattr(cell_module, "train_ham", spy)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.opa_weight)
     # trim 0: RHM is the plain mean of the task vectors, so the soup of two trainings of 3 models
     # each is the mean of the two 3-model means.
     cfg = tiny_experiment(tiny_shapes, tmp_path / "run", methods=["ham", "ham_variants", "ham_soup"],

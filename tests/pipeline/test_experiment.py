@@ -21,7 +21,7 @@ from dgmerge.pipeline.experiment import load_experiment, scope_overrides
 from dgmerge.evaluation.saved_models import score_model
 from dgmerge.models.tiny_cnn import build_tiny_cnn
 
-from tiny import tiny_experiment
+from tiny import record_ham_trainings, tiny_experiment
 
 
 
@@ -241,14 +241,7 @@ def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_shapes, tmp_pat
 def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_shapes, tmp_path, monkeypatch):
     from dgmerge.config import HamVariant
 
-    trained: list[dict] = []
-    real = cell_module.train_ham
-
-    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
-        trained.append(ham_cfg.model_dump())
-        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
-
-    monkeypatch.setattr(cell_module, "train_ham", spy)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.model_dump())
     variants = [HamVariant(label="ties", set={"merge_method": "ties", "merge_hparams": {"keep": 0.2}}),
                 HamVariant(label="best", set={"historical": "none"}),
                 HamVariant(label="no-sae", set={"sae": False}),
@@ -307,14 +300,7 @@ def test_a_run_stopped_after_hams_training_resumes_its_variants_without_training
     assert kept.name == "ham.ham-finished.pt"
     monkeypatch.undo()
 
-    trained: list[bool] = []
-    real = cell_module.train_ham
-
-    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
-        trained.append(ham_cfg.sae)
-        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
-
-    monkeypatch.setattr(cell_module, "train_ham", spy)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.sae)
     rows = {r["method"]: r for r in experiment.run_experiment(cfg(tmp_path / "b"), log=lambda _: None)}
     assert list(rows) == ["ham:no-sae", "ham:r0.5"] and trained == [False]  # HAM itself did not train again
     assert rows["ham:r0.5"]["reused_training"] is True
