@@ -27,7 +27,11 @@ def test_avg_only_from_seeds_covering_every_domain():
             r("probe", "a", 0, 0.5)]
     (table,) = build_tables(rows)
     assert table.avg["erm"].values == [pytest.approx(70.0)]
-    assert "| probe | 50.0 ± 0.0 | — | — |" in to_markdown(table)
+    # Fewer seeds than the table's fullest cell (erm on a: 2) are counted: ± 0 over one seed
+    # is no spread; erm's Avg, from its one complete seed, is marked too.
+    md = to_markdown(table)
+    assert "| probe | 50.0 ± 0.0 (n=1) | — | — |" in md
+    assert "| erm | 85.0 ± 5.0 | 60.0 ± 0.0 (n=1) | 70.0 ± 0.0 (n=1) |" in md
 
 
 def test_rerun_replaces_not_doubles():

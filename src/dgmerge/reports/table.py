@@ -80,13 +80,23 @@ def build_tables(rows: Iterable[dict[str, Any]], metric: str = "test_acc") -> li
 
 
 def to_markdown(table: Table, digits: int = 1) -> str:
-    """The table in markdown, with the dataset name as a heading."""
+    """The table in markdown, with the dataset name as a heading.
+
+    A cell over fewer seeds than the table's fullest cell says how many ("(n=1)"): its ± is not
+    comparable to the others' (a one-seed row, such as a tuning-seed-only ablation, shows ± 0).
+    """
     header = ["Method", *table.domains, "Avg"]
     lines = [f"### {table.dataset}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
-    for method in table.methods:
-        cells = [table.cells[method][d].format(digits) for d in table.domains]
-        lines.append("| " + " | ".join([method, *cells, table.avg[method].format(digits)]) + " |")
+    columns = [[table.cells[m][d] for d in table.domains] + [table.avg[m]] for m in table.methods]
+    most = max((len(cell.values) for row in columns for cell in row), default=0)
+
+    def shown(cell: Cell) -> str:
+        few = cell.values and len(cell.values) < most
+        return cell.format(digits) + (f" (n={len(cell.values)})" if few else "")
+
+    for method, row in zip(table.methods, columns):
+        lines.append("| " + " | ".join([method, *map(shown, row)]) + " |")
     return "\n".join(lines) + "\n"
 
 
