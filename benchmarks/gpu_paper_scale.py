@@ -110,7 +110,11 @@ def peak_gib(device: torch.device) -> float:
 
 
 def per_step(run, device: torch.device, steps: int) -> tuple[float, Any]:
-    """(T(steps) − T(1)) / (steps − 1) of `run(n)`, after a discarded warm-up run; plus the long run's result."""
+    """(T(steps) − T(1)) / (steps − 1) of `run(n)`, after a discarded warm-up run; plus the long run's result.
+
+    When load makes the one-step run the slower one (the difference is not positive: a stall
+    outweighed the work, as in the few-step smoke run on a busy CPU), T(steps) / steps instead,
+    an over-estimate that includes set-up, rather than a negative time."""
     times, result = [], None
     for n in (1, 1, steps):
         sync(device)
@@ -118,7 +122,8 @@ def per_step(run, device: torch.device, steps: int) -> tuple[float, Any]:
         result = run(n)
         sync(device)
         times.append(time.perf_counter() - start)
-    return (times[2] - times[1]) / (steps - 1), result
+    difference = (times[2] - times[1]) / (steps - 1)
+    return (difference if difference > 0 else times[2] / steps), result
 
 
 def floor_per_step(theta0: Classifier, data: dict, batch: int, history: list[dict], device: torch.device,

@@ -30,3 +30,12 @@ def test_the_grid_projection_counts_every_training_run(script):
     assert hours["DomainNet"] == pytest.approx(6 * 3 * per_cell * 5 / 3)
     # ERM + the single-source models: one ERM step's cost twice per (steps, lr).
     assert module.grid_gpu_hours(erm_s=1.0, ham_s=0.0)["PACS"] == pytest.approx(4 * 3 * 2 * 2 * 18500 / 3600)
+
+
+def test_a_stall_in_the_short_run_gives_the_long_runs_mean_not_a_negative_time(script, monkeypatch):
+    module = script("gpu_paper_scale")
+    clock = iter([0.0, 1.0, 10.0, 19.0, 20.0, 22.0])  # warm-up 1 s, T(1) = 9 s (stalled), T(4) = 2 s
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    assert module.per_step(lambda n: n, module.torch.device("cpu"), 4) == (2.0 / 4, 4)
+    clock = iter([0.0, 1.0, 10.0, 11.0, 20.0, 24.0])  # T(1) = 1 s, T(4) = 4 s: (4 − 1) / 3
+    assert module.per_step(lambda n: n, module.torch.device("cpu"), 4) == (1.0, 4)
