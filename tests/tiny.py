@@ -31,14 +31,14 @@ def tiny_experiment(root: Path, out: Path, *, test_domains: Sequence[str] | None
         **fields})
 
 
-def record_ham_trainings(monkeypatch, what: Callable[[HamConfig], Any]) -> list[Any]:
-    """The list that `what(ham_cfg)` of every HAM training the cells start is appended to
+def record_ham_trainings(monkeypatch, what: Callable[[HamConfig, int], Any]) -> list[Any]:
+    """The list that `what(ham_cfg, seed)` of every HAM training the cells start is appended to
     (the trainings still run)."""
     trained: list[Any] = []
     real = cell_module.train_ham
 
     def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
-        trained.append(what(ham_cfg))
+        trained.append(what(ham_cfg, seed))
         return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
 
     monkeypatch.setattr(cell_module, "train_ham", spy)

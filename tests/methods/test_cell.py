@@ -96,7 +96,7 @@ def test_ham_trains_guarded_resumably_under_its_own_name(monkeypatch, tmp_path):
     cell = SimpleNamespace(cfg=config, seed=3, test_domain="sketch", job="J", train_sets={"a": "train-a"},
                            val_sets={"a": "val-a"}, ham_runs=[], kept=[], logs_dir=tmp_path / "logs",
                            guard=lambda data, purpose: guarded.append((data, purpose)), trainable_copy=lambda: "θ0")
-    for method in ("desc", "checkpointer", "tensorboard_dir", "kept_ham", "_ham_key", "checkpoint_dir"):
+    for method in ("desc", "checkpointer", "tensorboard_dir", "reusable_ham", "_ham_key", "checkpoint_dir"):
         setattr(cell, method, getattr(Cell, method).__get__(cell))
     ham_cfg = HamConfig(opa_weight=0.5)
     result = Cell.train_ham(cell, ham_cfg, "ham:no sae")

@@ -33,7 +33,7 @@ def test_a_config_without_tuning_trainings_is_refused_and_other_seeds_are_skippe
 
 
 def test_without_trimming_the_soup_is_the_mean_of_the_trainings_merges(tiny_shapes, tmp_path, monkeypatch):
-    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.opa_weight)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg, seed: ham_cfg.opa_weight)
     # trim 0: RHM is the plain mean of the task vectors, so the soup of two trainings of 3 models
     # each is the mean of the two 3-model means.
     cfg = tiny_experiment(tiny_shapes, tmp_path / "run", methods=["ham", "ham_variants", "ham_soup"],

@@ -241,7 +241,7 @@ def test_interrupted_experiment_resumes_from_its_checkpoint(tiny_shapes, tmp_pat
 def test_ham_variants_reuse_training_only_where_the_models_are_the_same(tiny_shapes, tmp_path, monkeypatch):
     from dgmerge.config import HamVariant
 
-    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.model_dump())
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg, seed: ham_cfg.model_dump())
     variants = [HamVariant(label="ties", set={"merge_method": "ties", "merge_hparams": {"keep": 0.2}}),
                 HamVariant(label="best", set={"historical": "none"}),
                 HamVariant(label="no-sae", set={"sae": False}),
@@ -300,7 +300,7 @@ def test_a_run_stopped_after_hams_training_resumes_its_variants_without_training
     assert kept.name == "ham.ham-finished.pt"
     monkeypatch.undo()
 
-    trained = record_ham_trainings(monkeypatch, lambda ham_cfg: ham_cfg.sae)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg, seed: ham_cfg.sae)
     rows = {r["method"]: r for r in experiment.run_experiment(cfg(tmp_path / "b"), log=lambda _: None)}
     assert list(rows) == ["ham:no-sae", "ham:r0.5"] and trained == [False]  # HAM itself did not train again
     assert rows["ham:r0.5"]["reused_training"] is True

@@ -7,11 +7,10 @@ import pytest
 
 from dgmerge.config import ExperimentConfig, HamVariant
 from dgmerge.evaluation.results import read_results
-from dgmerge.methods import cell as cell_module
 from dgmerge.pipeline import experiment
 from dgmerge.pipeline.ham_tuning import candidates, chosen_training, skipped_points, tuning_first
 
-from tiny import tiny_experiment
+from tiny import record_ham_trainings, tiny_experiment
 
 # λ 0.1 (HAM's own training) with r 0.2 and 0.5; λ 1 with r 0.2 and 0.5; one ablation.
 VARIANTS = [HamVariant(label="lam0.1_r0.5", tuning=True, set={"merge_hparams": {"trim": 0.5}}),
@@ -103,14 +102,7 @@ def tiny(root: Path, out: Path, **kw) -> ExperimentConfig:
 
 
 def test_later_seeds_train_only_the_point_seed_0_chose(tiny_shapes, tmp_path, monkeypatch):
-    trained: list[tuple[int, float, bool]] = []
-    real = cell_module.train_ham
-
-    def spy(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw):
-        trained.append((seed, ham_cfg.opa_weight, ham_cfg.sae))
-        return real(theta, train_sets, val_sets, train_cfg, ham_cfg, seed, **kw)
-
-    monkeypatch.setattr(cell_module, "train_ham", spy)
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg, seed: (seed, ham_cfg.opa_weight, ham_cfg.sae))
     out = tmp_path / "run"
     # Without seed 0's rows, seed 1 cannot know the choice: refused before anything trains.
     with pytest.raises(ValueError, match="missing seed 0: ham, "):

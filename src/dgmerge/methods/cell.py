@@ -187,10 +187,11 @@ class Cell:
 
         A finished training stays on disk beside the checkpoints until the cell's methods are
         all done (`release`), so a run stopped before the variants that reuse it resumes
-        without training it again (`kept_ham`)."""
-        kept = self.kept_ham(ham_cfg)
-        if kept is not None:
-            return kept
+        without training it again. A training this cell already has whose models `ham_cfg` can
+        merge (`reusable_ham`) is returned as it is."""
+        reusable = self.reusable_ham(ham_cfg)
+        if reusable is not None:
+            return reusable
         self.guard(self.train_sets, "HAM's training")
         self.guard(self.val_sets, "HAM's model selection")
         result = train_ham(self.trainable_copy(), self.train_sets, self.val_sets, ham_train(self.cfg.train, ham_cfg),
@@ -204,11 +205,13 @@ class Cell:
         self.ham_runs.append((ham_cfg, result))
         return result
 
-    def kept_ham(self, ham_cfg: HamConfig) -> HamResult | None:
-        """A training an earlier process of this cell finished and kept whose models `ham_cfg`
-        can merge (None if there is none: checkpoints off, not that far, or other settings)."""
-        if not self.cfg.train.checkpoint_every or not self.checkpoint_dir.is_dir():
-            return None
+    def reusable_ham(self, ham_cfg: HamConfig) -> HamResult | None:
+        """A training of this cell whose models `ham_cfg` can merge: one this process trained,
+        else one an earlier process finished and kept (None if neither: checkpoints off, not
+        that far, or other settings)."""
+        known = next((result for trained, result in self.ham_runs if can_reuse(ham_cfg, trained)), None)
+        if known is not None or not self.cfg.train.checkpoint_every or not self.checkpoint_dir.is_dir():
+            return known
         wanted = self._ham_key(ham_cfg)
         for path in sorted(self.checkpoint_dir.glob(f"*{KEPT_HAM}.pt")):
             if path in self.kept:  # already among ham_runs

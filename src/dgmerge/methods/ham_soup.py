@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from dgmerge.config import ExperimentConfig, HamConfig, can_reuse, training_key
+from dgmerge.config import ExperimentConfig, HamConfig, training_key
 from dgmerge.methods.cell import Cell, Row
 from dgmerge.methods.registry import register_experiment
 from dgmerge.training.ham import MERGED_FROM, merge_sources
@@ -47,9 +47,9 @@ def run(cell: Cell) -> list[Row]:
     start = time.perf_counter()
     merge_cfg = cell.cfg.ham
     states, names, wall = [], [], 0.0
-    for name, ham_cfg in trainings(cell.cfg):
-        result = (next((r for c, r in cell.ham_runs if can_reuse(ham_cfg, c)), None) or cell.kept_ham(ham_cfg)
-                  or cell.train_ham(ham_cfg, name))
+    members = trainings(cell.cfg)
+    for name, ham_cfg in members:
+        result = cell.train_ham(ham_cfg, name)  # reuses the cell's own training of it where there is one
         chosen = result.best_states if merge_cfg.historical == "none" else result.historical_states
         if chosen is None:
             raise ValueError(f"HAM's training {name} kept no historical averages to merge")
@@ -61,4 +61,4 @@ def run(cell: Cell) -> list[Row]:
              "train_wall_time_s": round(wall, 3)}
     return [cell.record("ham_soup", cell.loaded(merged), start, extra,
                         hparams={"ham": merge_cfg.model_dump(mode="json"),
-                                 "opa_weights": [c.opa_weight for _, c in trainings(cell.cfg)]})]
+                                 "opa_weights": [c.opa_weight for _, c in members]})]

@@ -40,7 +40,7 @@ def run(cell: Cell) -> list[Row]:
         if cfg.ham_variant_runs not in wanted:
             continue
         start = time.perf_counter()
-        base = next((r for c, r in cell.ham_runs if can_reuse(ham_cfg, c)), None) or cell.kept_ham(ham_cfg)
+        base = cell.reusable_ham(ham_cfg)
         reused = base is not None
         if base is None:
             # Train what serves the most variants: HAM's own config when it covers this one.
