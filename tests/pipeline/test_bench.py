@@ -130,6 +130,9 @@ def test_quick_bench_rows_improve_on_the_probe_they_start_from(tmp_path):
     assert "| ERM: ‖θ − θ0‖ |" in report and "| HAM: final sign-conflict rate |" in report
     assert all(r["update_norm"] > 0 for m, r in rows.items() if m not in ("linear_probe", "single_source_mean"))
     assert rows["linear_probe"]["update_norm"] == 0.0
+    # The row source validation picks, against the target; the source-validation table beside it.
+    assert "**Chosen on source validation:" in report and "Target ERM + 2.0: **" in report
+    assert "## Source-validation accuracy (%)" in report
 
 
 def test_another_dataset_must_be_under_the_data_root(tmp_path):
@@ -155,7 +158,9 @@ def test_quick_bench_runs_on_a_dataset_nobody_tuned_for(tmp_path):
     rows = read_results(out / "results.jsonl")
     assert {r["test_domain"] for r in rows} == {"outline"} and {r["dataset"] for r in rows} == {"Shapes"}
     assert {"linear_probe", "erm", "ham", "merge:ties"} <= {r["method"] for r in rows}
-    assert "# Shapes on 2 CPU cores (`dgmerge bench pacs-cpu --dataset Shapes`)" in (out / "bench-report.md").read_text()
+    report = (out / "bench-report.md").read_text()
+    assert "# Shapes on 2 CPU cores (`dgmerge bench pacs-cpu --dataset Shapes`)" in report
+    assert "Over seed(s) 0 (every held-out domain" in report and "**Chosen on source validation:" in report
 
 
 def test_workers_get_whole_domains_when_later_seeds_reuse_seed_0s_tuning(tmp_path, monkeypatch):

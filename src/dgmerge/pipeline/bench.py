@@ -30,6 +30,7 @@ from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_exp
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.diagnostics import diagnostics_markdown
+from dgmerge.reports.selection import selection_markdown
 from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
 
@@ -246,6 +247,10 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         f"{wall_time_s / 60:.1f} min.", "",
         "## Accuracy (%) per held-out domain, mean ± std over seeds", "",
         _table(rows, MAIN_ROWS), "",
+        "## Choosing a row on source validation (the target: ERM + 2.0 Avg)", "",
+        selection_markdown(rows, MAIN_ROWS), "",
+        "## Source-validation accuracy (%) per held-out domain, mean ± std over seeds", "",
+        _table(rows, MAIN_ROWS, metric="val_acc"), "",
         "## Diagnostics: update norms over the trained tensors, HAM's borrowing and sign conflicts", "",
         diagnostics_markdown(rows, MAIN_ROWS), "",
         "## HAM ablations", "",
@@ -257,11 +262,11 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
+def _table(rows: list[dict[str, Any]], labels: dict[str, str], metric: str = "test_acc") -> str:
     chosen = [{**r, "method": labels[r["method"]]} for r in rows if r["method"] in labels]
     if not chosen:
         return "(no rows yet)"
     order = list(labels.values())
-    (table,) = build_tables(sorted(chosen, key=lambda r: order.index(r["method"])))
+    (table,) = build_tables(sorted(chosen, key=lambda r: order.index(r["method"])), metric)
     # Drop the dataset heading: the report's own headings say what the table is.
     return to_markdown(table).split("\n", 2)[2]
