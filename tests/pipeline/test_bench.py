@@ -186,3 +186,28 @@ def test_workers_get_whole_domains_when_later_seeds_reuse_seed_0s_tuning(tmp_pat
         argv = started["argv"][0]
         assert argv[argv.index("--cells") + 1] == ",".join(f"{s}:{d}" for s, d in started["groups"][0])
         assert f"ham_tuning_seeds={json.dumps(tuning)}" in argv
+
+
+def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
+    import os
+
+    from dgmerge.pipeline.bench import bench_status
+
+    _, weights = fake_inputs(tmp_path)
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "worker0.log").write_text("== seed 0 · test domain noisy\nseed 0 / noisy / erm: step 50/1000\n\n")
+    os.utime(out / "logs" / "worker0.log", (1000.0, 1000.0))
+    opts = BenchOptions(data_root=tiny_shapes, dataset="Shapes", weights=weights, out=out)
+    text = bench_status(opts, now=1000.0 + 180)
+    lines = text.splitlines()
+    assert lines[0] == f"{out} (main): 0 of 9 cells done, 0 rows in results.jsonl"
+    assert lines[1] == ("  seed 0 · noisy: 0 rows; to do: linear_probe, erm, erm_ma, swad, diwa, single_source, merge, "
+                        "ham, ham_variants, ham_soup")
+    # Later seeds reuse seed 0's choice of HAM's training: they say they wait for it.
+    assert lines[4].startswith("  seed 1 · noisy: 0 rows; to do: linear_probe") and lines[4].endswith(
+        "(HAM's training is chosen once the tuning seeds finish)")
+    assert lines[-1] == "worker0.log (3 min ago): seed 0 / noisy / erm: step 50/1000"
+    assert not (out / "results.jsonl").exists()  # nothing was run or written
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--status", "--force", "--out", str(out)])
+    assert result.exit_code == 2 and "--status only reads a run" in result.output

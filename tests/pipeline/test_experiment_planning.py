@@ -179,3 +179,23 @@ def test_whether_a_method_is_done_depends_on_the_cells_seed(tmp_path, monkeypatc
     lines: list[str] = []
     assert experiment.run_experiment(cfg, log=lines.append) == [["ham_variants"]]
     assert lines[0].startswith("[skip] seed 0, test domain a")
+
+
+def test_status_says_what_each_cell_would_still_run_and_which_wait_for_the_tuning_seed(tmp_path, monkeypatch):
+    cfg = changed("ham_tuning_seeds", [0], changed("ham_variants", [
+        {"label": "lam1", "tuning": True, "set": {"opa_weight": 1.0}}], changed("methods", ["erm", "ham", "ham_variants"],
+                                                                              changed("seeds", [0, 1], changed("output_dir", str(tmp_path))))))
+    key = experiment_key(cfg)
+    # Seed 0 finished held-out domain a, where λ = 1 won on source validation; b has only ERM.
+    write_rows(tmp_path / "results.jsonl", [{**r, "val_acc": val} for r, val in [
+        (row(key, 0, "a", "erm"), 0.95), (row(key, 0, "a", "ham"), 0.8), (row(key, 0, "a", "ham:lam1", "ham_variants"), 0.9),
+        (row(key, 0, "b", "erm"), 0.9), (row("another run", 1, "a", "erm"), 0.9)]])
+    monkeypatch.setattr(experiment, "scan_domains", lambda path: index("a", "b"))
+    status = {(c.seed, c.name): c for c in experiment.experiment_status(cfg)}
+    assert list(status) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert (status[0, "a"].rows, status[0, "a"].todo) == (3, [])
+    assert (status[0, "b"].rows, status[0, "b"].todo) == (1, ["ham", "ham_variants"])
+    # Seed 1 trains only the winner's point (λ = 1, as the variant), not HAM's default λ.
+    assert (status[1, "a"].rows, status[1, "a"].todo, status[1, "a"].waiting) == (0, ["erm", "ham_variants"], False)
+    # On b the winner is not known yet: everything is still to do, and the cell says it waits.
+    assert (status[1, "b"].todo, status[1, "b"].waiting) == (["erm", "ham", "ham_variants"], True)

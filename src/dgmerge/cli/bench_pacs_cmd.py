@@ -42,6 +42,8 @@ def pacs_cpu(
                                      "for each of --budgets steps and report source-validation accuracy per budget."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated step budgets for --convergence "
                                           "(default 100,300,1000,2000,4000)."),
+    status: bool = typer.Option(False, "--status", help="Say where the run in --out stands (cells done, methods "
+                                "left, each worker's last log line) and exit; safe beside a running benchmark."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 
@@ -50,15 +52,19 @@ def pacs_cpu(
     write <out>/bench-report.md with every table so far.
     """
     from dgmerge.config import parse_overrides
-    from dgmerge.pipeline.bench import BenchOptions, run_pacs_cpu
+    from dgmerge.pipeline.bench import BenchOptions, bench_status, run_pacs_cpu
     from dgmerge.pipeline.convergence import BUDGETS, run_convergence
     from dgmerge.pipeline.parallel import parse_cells
 
+    if status and (force or convergence or quick):
+        typer.secho("error: --status only reads a run; drop --force, --convergence and --quick", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(code=2)
     if force and (out / "results.jsonl").exists():
         (out / "results.jsonl").unlink()
         for name in ("models", "logs", "checkpoints"):
             shutil.rmtree(out / name, ignore_errors=True)
-    elif (out / "results.jsonl").exists():
+    elif (out / "results.jsonl").exists() and not status:
         typer.echo(f"{out}/results.jsonl exists: finished runs are reused (--force starts afresh).")
     try:
         opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
@@ -67,6 +73,9 @@ def pacs_cpu(
                             cells=parse_cells(cells) if cells else None,
                             overrides={**parse_overrides(overrides), **({"train.device": device} if device else {})},
                             dataset=dataset)
+        if status:
+            typer.echo(bench_status(opts))
+            return
         if convergence:
             steps_list = [int(b) for b in budgets.split(",")] if budgets else list(BUDGETS)
             report = run_convergence(opts, steps_list, log=typer.echo)

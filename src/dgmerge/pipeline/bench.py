@@ -26,7 +26,8 @@ from dgmerge.data.errors import DatasetNotFoundError
 from dgmerge.data.imagefolder import resolve_dataset_dir, scan_domains
 from dgmerge.evaluation.results import read_results
 from dgmerge.models.entries import find_pretrained
-from dgmerge.pipeline.experiment import experiment_key, load_experiment, run_experiment, scope_overrides
+from dgmerge.pipeline.experiment import (experiment_key, experiment_status, load_experiment, run_experiment,
+                                         scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.diagnostics import diagnostics_markdown
@@ -164,6 +165,25 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     report = bench_report(cfg, opts.part, wall)
     write_text_atomic(cfg.output_dir / "bench-report.md", report)
     return report
+
+
+def bench_status(opts: BenchOptions, now: float | None = None) -> str:
+    """Where a run in opts.out stands, without running anything: per cell the rows written and
+    the methods still to run, then each worker log's last line and its age. Safe beside the run."""
+    cfg = pacs_cpu_config(opts)
+    cells = experiment_status(cfg)
+    finished = sum(not c.todo for c in cells)
+    lines = [f"{cfg.output_dir} ({opts.part}): {finished} of {len(cells)} cells done, "
+             f"{sum(c.rows for c in cells)} rows in results.jsonl"]
+    for c in cells:
+        state = ("done" if not c.todo else "to do: " + ", ".join(c.todo)
+                 + (" (HAM's training is chosen once the tuning seeds finish)" if c.waiting else ""))
+        lines.append(f"  seed {c.seed} · {c.name}: {c.rows} rows; {state}")
+    now = time.time() if now is None else now
+    for path in sorted((cfg.output_dir / "logs").glob("worker*.log")):
+        last = next((line for line in reversed(path.read_text(errors="replace").splitlines()) if line.strip()), "")
+        lines.append(f"{path.name} ({(now - path.stat().st_mtime) / 60:.0f} min ago): {last}")
+    return "\n".join(lines)
 
 
 def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: Log) -> None:

@@ -9,6 +9,8 @@ its rows to results.jsonl, so a rerun skips what is already there.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -111,7 +113,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print,
         finished = done.get((seed, name), set())
         if cfg.ham_tuning_seeds is not None and seed not in cfg.ham_tuning_seeds:
             finished = finished | _not_chosen(cfg, results_path, key, seed, name, log)
-        todo = [m for m in in_run_order(list(cfg.methods)) if not get_experiment(m).is_done(cfg, seed, finished)]
+        todo = _todo(cfg, seed, finished)
         if not todo:
             log(f"[skip] seed {seed}, {_what(cfg)} {name}: already in {results_path}")
             continue
@@ -120,6 +122,42 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print,
         cell.done, cell.results_path, cell.log = finished, results_path, log
         rows += run_cell(cell, todo)
     return rows
+
+
+def _todo(cfg: ExperimentConfig, seed: int, finished: set[str]) -> list[str]:
+    return [m for m in in_run_order(list(cfg.methods)) if not get_experiment(m).is_done(cfg, seed, finished)]
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    """Where one cell of an experiment stands: its rows so far and the methods still to run.
+    `waiting`: the HAM training this seed reuses is not chosen yet (its tuning seeds are not done)."""
+
+    seed: int
+    name: str
+    rows: int
+    todo: list[str]
+    waiting: bool = False
+
+
+def experiment_status(cfg: ExperimentConfig) -> list[CellStatus]:
+    """Every cell in run order, with what `run_experiment` would still run there; reads only
+    results.jsonl, so it is safe beside a running experiment."""
+    results_path = cfg.output_dir / "results.jsonl"
+    key = experiment_key(cfg)
+    done = finished_methods(results_path, key)
+    rows = read_results(results_path) if results_path.exists() else []
+    counts = Counter((r["seed"], r["test_domain"]) for r in rows if r.get("experiment_key") == key)
+    out = []
+    for seed, name, _ in planned_cells(cfg, scan_domains(cfg.data.root / cfg.data.dataset), key):
+        finished, waiting = done.get((seed, name), set()), False
+        if cfg.ham_tuning_seeds is not None and seed not in cfg.ham_tuning_seeds:
+            try:
+                finished = finished | skipped_points(cfg, rows, key, seed, name, results_path)[1]
+            except ValueError:  # the tuning seeds' points are not all in yet
+                waiting = True
+        out.append(CellStatus(seed, name, counts[(seed, name)], _todo(cfg, seed, finished), waiting))
+    return out
 
 
 def planned_cells(cfg: ExperimentConfig, index: DomainIndex,
