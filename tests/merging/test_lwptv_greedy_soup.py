@@ -142,6 +142,25 @@ def test_mobilenet_like_reproduction_absolute_eta_prunes_everything_and_warns():
         assert merge("lwptv", pre, fts, eta=1.0).info["all_pruned"]
 
 
+def test_a_mask_that_prunes_nothing_says_why_and_equals_its_base():
+    # The bench's trainable suffix: blocks.6, conv_head, bn2's weight and bias (blocks.5 frozen).
+    rel = {"blocks.5": 0.0, "blocks.6": 0.003, "conv_head.weight": 0.005, "bn2.weight": 0.0006, "bn2.bias": 0.0005}
+    pre, fts = mobilenet_like(rel)
+    with pytest.warns(RuntimeWarning, match=r"at most 4 layer unit\(s\) \(unit='block'\) and floor\(eta·4\) = 0; "
+                                            r"use unit='tensor' or an eta of at least 0.25"):
+        out = merge("lwptv", pre, fts, eta=0.2, base="ties", keep=0.2)
+    assert out.info["none_pruned"] and out.info["pruned_per_task"] == [0, 0, 0]
+    plain = merge("ties", pre, fts, keep=0.2)
+    assert all(torch.equal(out[k], plain[k]) for k in pre)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the advice holds: η = 0.25 prunes one layer per task
+        assert merge("lwptv", pre, fts, eta=0.25).info["pruned_per_task"] == [1, 1, 1]
+        merge("lwptv", pre, fts, eta=0.0)  # η = 0 asks for no pruning: nothing to warn about
+    with pytest.warns(RuntimeWarning, match=r"no saliency \('relative'\) is on the pruned side of eta; "
+                                            r"scores range \[0.00045, 0.0055\]"):
+        merge("lwptv", pre, fts, eta=1e-4, threshold="absolute")
+
+
 def test_greedy_soup_by_hand():
     pre = {"w": t(0.0)}
     fts = [{"w": t(1.0)}, {"w": t(2.0)}, {"w": t(10.0)}]

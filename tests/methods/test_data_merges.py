@@ -157,6 +157,19 @@ def test_regmean_of_one_source_model_is_that_model(tiny_shapes, tmp_path, monkey
         torch.testing.assert_close(merged[0][key], value, rtol=0.0, atol=0.0)
 
 
+def test_a_merge_that_warns_says_so_in_its_row(tiny_shapes, tmp_path):
+    # The tiny CNN's trained suffix has too few layer units for η = 0.2 to prune one: the
+    # LwPTV-style row is TIES exactly, and its row says why (the bench's MobileNetV2 case).
+    cell = tiny_cell(tiny_shapes, tmp_path / "run", [
+        {"method": "lwptv", "label": "lwptv-style-ties", "hparams": {"eta": 0.2, "base": "ties", "keep": 0.2}},
+        {"method": "ties", "hparams": {"keep": 0.2}}])
+    cell._sources = moved_runs(cell)
+    with pytest.warns(RuntimeWarning, match="prunes no layer"):
+        lwptv, ties = get_experiment("merge").run(cell)
+    assert "prunes no layer of any task" in lwptv["merge_warning"] and "merge_warning" not in ties
+    assert (lwptv["test_acc"], lwptv["val_acc"]) == (ties["test_acc"], ties["val_acc"])
+
+
 class Relabelled(Dataset):
     """`data`'s images (and sample paths) under one label for all."""
 

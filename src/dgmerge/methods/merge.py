@@ -50,6 +50,8 @@ def run(cell: Cell) -> list[Row]:
                              **inputs.fed(spec))
         extra = {"merged": cell.sources, "merge_method": spec.method, "merge_hparams": spec.hparams,
                  **inputs.describe(spec, state)}
+        if state.info.get("warning"):  # e.g. an LwPTV-style mask that pruned nothing
+            extra["merge_warning"] = state.info["warning"]
         rows.append(cell.record(f"merge:{spec.name}", cell.loaded(state), start, extra, group="merge"))
     return rows
 
