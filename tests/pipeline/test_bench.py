@@ -211,3 +211,31 @@ def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
     assert not (out / "results.jsonl").exists()  # nothing was run or written
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--status", "--force", "--out", str(out)])
     assert result.exit_code == 2 and "--status only reads a run" in result.output
+
+
+def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatch):
+    """The default is both parts, main first (so the main table is complete first), each part's
+    workers told which part they run, and one report over every row at the end."""
+    from dgmerge.pipeline import bench
+
+    root, weights = fake_inputs(tmp_path)
+    ran, argvs = [], []
+    monkeypatch.setattr(bench, "experiment_cells", lambda cfg: ([(0, "photo"), (0, "sketch")], {"photo": 1, "sketch": 1}))
+    monkeypatch.setattr(bench, "warm_feature_cache", lambda cfg, cell, log: None)
+    monkeypatch.setattr(bench, "run_workers", lambda groups, argv, log_dir, log: argvs.append(argv(groups[0])))
+    monkeypatch.setattr(bench, "run_experiment", lambda cfg, log, cells: ran.append((cfg.methods, cfg.ham_variant_runs)))
+    reports = []
+    monkeypatch.setattr(bench, "bench_report", lambda cfg, part, wall: reports.append(part) or "report")
+    opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out", part="main+ablations")
+    assert [o.part for o in bench.parts(opts)] == ["main", "ablations"]
+    assert [o.part for o in bench.parts(BenchOptions(part="main+ablations", quick=True))] == ["all"]
+    assert bench.parts(BenchOptions(part="ablations"))[0].part == "ablations"
+    bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 1}), log=lambda _: None)
+    assert ran[0][1] == "reuse" and "erm" in ran[0][0] and ran[1] == (["ham_variants"], "train")
+    assert reports == ["main+ablations"] and (tmp_path / "out" / "bench-report.md").read_text() == "report"
+    bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2}), log=lambda _: None)
+    assert [a[-1] for a in argvs] == ["--main-only", "--ablations"]
+    with pytest.raises(ValueError, match="two runs"):
+        pacs_cpu_config(opts)
+    result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--ablations", "--main-only", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "pass neither for both" in result.output

@@ -17,8 +17,10 @@ def pacs_cpu(
     weights: Optional[Path] = typer.Option(None, help="ImageNet MobileNetV2 safetensors (default "
                                            "../shared/weights/mobilenetv2_100_imagenet_tflite.safetensors)."),
     out: Path = typer.Option(Path("runs/bench-pacs-cpu"), "--out", help="Run directory (results, models, report)."),
-    ablations: bool = typer.Option(False, "--ablations", help="Run the HAM ablations that train their own "
-                                   "models (w/o SAE, w/o OPA, λ sensitivity) instead of the main table."),
+    ablations: bool = typer.Option(False, "--ablations", help="Run only the HAM ablations that train their own "
+                                   "models (w/o SAE, w/o OPA, λ sensitivity)."),
+    main_only: bool = typer.Option(False, "--main-only", help="Run only the main table (baselines, merges, HAM "
+                                   "and the ablations that reuse HAM's training), not the ablations after it."),
     seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Trial seed; repeat (default 0 1 2)."),
     test_domains: Optional[list[str]] = typer.Option(None, "--test-domain", help="Held-out domain; repeat "
                                                      "(default: all four)."),
@@ -47,15 +49,20 @@ def pacs_cpu(
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 
-    Run twice for everything: once for the main table (baselines, merges, HAM and the ablations
-    that reuse HAM's training), once with --ablations. Both resume where they stopped and
-    write <out>/bench-report.md with every table so far.
+    One command for everything: the main table (baselines, merges, HAM and the ablations that
+    reuse HAM's training) first, then the ablations that train their own models (--main-only or
+    --ablations for one of the two). It resumes where it stopped and writes
+    <out>/bench-report.md with every table so far.
     """
     from dgmerge.config import parse_overrides
     from dgmerge.pipeline.bench import BenchOptions, bench_status, run_pacs_cpu
     from dgmerge.pipeline.convergence import BUDGETS, run_convergence
     from dgmerge.pipeline.parallel import parse_cells
 
+    if ablations and main_only:
+        typer.secho("error: --ablations and --main-only each run one part; pass neither for both", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(code=2)
     if status and (force or convergence or quick):
         typer.secho("error: --status only reads a run; drop --force, --convergence and --quick", fg=typer.colors.RED,
                     err=True)
@@ -69,7 +76,8 @@ def pacs_cpu(
     try:
         opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
                             test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
-                            part="ablations" if ablations else "main", jobs=jobs,
+                            part="ablations" if ablations else "main" if main_only else "main+ablations",
+                            jobs=jobs,
                             cells=parse_cells(cells) if cells else None,
                             overrides={**parse_overrides(overrides), **({"train.device": device} if device else {})},
                             dataset=dataset)

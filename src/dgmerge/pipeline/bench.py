@@ -9,6 +9,7 @@ resumable (rerun the command) and every row records its full configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
 
 Log = Callable[[str], None]
-Part = Literal["main", "ablations", "all"]
+Part = Literal["main", "ablations", "all", "main+ablations"]
 
 CONFIG_NAME = "bench_pacs_cpu"
 SHARED_DATA = Path("../shared/data")
@@ -110,7 +111,8 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
     """The shipped benchmark config with the options applied (validated like any config).
 
     part "main": every baseline, HAM and the ablations that reuse HAM's training (merge-time
-    variants); "ablations": only the variants that train their own models; "all": both.
+    variants); "ablations": only the variants that train their own models; "all": both in one
+    pass over the cells. ("main+ablations" runs "main", then "ablations": `parts`.)
     quick: the CI variant — one seed, photo held out, 60 images per domain, 6 steps.
     """
     overrides: dict[str, Any] = {
@@ -136,6 +138,8 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
     part = "all" if opts.quick else opts.part  # the CI variant checks that every row is produced
     main = ["linear_probe", "erm", "erm_ma", "swad", "diwa", "single_source", "merge", "ham", "ham_variants",
             "ham_soup"]
+    if part == "main+ablations":
+        raise ValueError("part 'main+ablations' is two runs: build each part's config (bench.parts)")
     methods = {"main": main, "ablations": ["ham_variants"], "all": main}[part]
     overrides["methods"] = methods
     overrides["ham_variant_runs"] = {"main": "reuse", "ablations": "train", "all": "all"}[part]
@@ -143,24 +147,35 @@ def pacs_cpu_config(opts: BenchOptions) -> ExperimentConfig:
     return load_experiment(resolve_config_path(CONFIG_NAME), overrides)
 
 
+def parts(opts: BenchOptions) -> list[BenchOptions]:
+    """The single-part runs `opts` stands for: "main+ablations" is main, then the ablations (the
+    main table is complete first); --quick already runs every row in one pass."""
+    if opts.part != "main+ablations":
+        return [opts]
+    if opts.quick:
+        return [dataclasses.replace(opts, part="all")]
+    return [dataclasses.replace(opts, part="main"), dataclasses.replace(opts, part="ablations")]
+
+
 def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
-    """Run the benchmark part (resuming finished cells) and return the report markdown.
+    """Run the benchmark part(s) (resuming finished cells) and return the report markdown.
 
     The report is also written to <out>/bench-report.md; results stay in <out>/results.jsonl.
+    Both parts share one experiment key, so the report covers every row either part wrote.
     """
-    cfg = pacs_cpu_config(opts)
-    log(f"bench pacs-cpu ({opts.part}{', quick' if opts.quick else ''}): {setting_line(cfg)}")
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    # The resolved setting beside the results: `dgmerge report --figures` finds the data here.
-    write_text_atomic(cfg.output_dir / "config.json",
-                      json.dumps({"benchmark": "pacs-cpu", "part": opts.part, "config": cfg.model_dump(mode="json")},
-                                 indent=1))
     start = time.perf_counter()
-    jobs = opts.jobs or (os.cpu_count() or 1)
-    if jobs > 1 and opts.cells is None:
-        _run_in_workers(opts, cfg, jobs, log)
-    else:
-        run_experiment(cfg, log=log, cells=opts.cells)
+    for one in parts(opts):
+        cfg = pacs_cpu_config(one)
+        log(f"bench pacs-cpu ({one.part}{', quick' if one.quick else ''}): {setting_line(cfg)}")
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        # The resolved setting beside the results: `dgmerge report --figures` finds the data here.
+        write_text_atomic(cfg.output_dir / "config.json", json.dumps(
+            {"benchmark": "pacs-cpu", "part": one.part, "config": cfg.model_dump(mode="json")}, indent=1))
+        jobs = one.jobs or (os.cpu_count() or 1)
+        if jobs > 1 and one.cells is None:
+            _run_in_workers(one, cfg, jobs, log)
+        else:
+            run_experiment(cfg, log=log, cells=one.cells)
     wall = time.perf_counter() - start
     report = bench_report(cfg, opts.part, wall)
     write_text_atomic(cfg.output_dir / "bench-report.md", report)
@@ -170,15 +185,17 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
 def bench_status(opts: BenchOptions, now: float | None = None) -> str:
     """Where a run in opts.out stands, without running anything: per cell the rows written and
     the methods still to run, then each worker log's last line and its age. Safe beside the run."""
-    cfg = pacs_cpu_config(opts)
-    cells = experiment_status(cfg)
-    finished = sum(not c.todo for c in cells)
-    lines = [f"{cfg.output_dir} ({opts.part}): {finished} of {len(cells)} cells done, "
-             f"{sum(c.rows for c in cells)} rows in results.jsonl"]
-    for c in cells:
-        state = ("done" if not c.todo else "to do: " + ", ".join(c.todo)
-                 + (" (HAM's training is chosen once the tuning seeds finish)" if c.waiting else ""))
-        lines.append(f"  seed {c.seed} · {c.name}: {c.rows} rows; {state}")
+    lines: list[str] = []
+    for one in parts(opts):
+        cfg = pacs_cpu_config(one)
+        cells = experiment_status(cfg)
+        finished = sum(not c.todo for c in cells)
+        lines.append(f"{cfg.output_dir} ({one.part}): {finished} of {len(cells)} cells done, "
+                     f"{sum(c.rows for c in cells)} rows in results.jsonl")
+        for c in cells:
+            state = ("done" if not c.todo else "to do: " + ", ".join(c.todo)
+                     + (" (HAM's training is chosen once the tuning seeds finish)" if c.waiting else ""))
+            lines.append(f"  seed {c.seed} · {c.name}: {c.rows} rows; {state}")
     now = time.time() if now is None else now
     for path in sorted((cfg.output_dir / "logs").glob("worker*.log")):
         last = next((line for line in reversed(path.read_text(errors="replace").splitlines()) if line.strip()), "")
@@ -206,7 +223,7 @@ def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: L
         for key, value in opts.overrides.items():
             if key != "train.device":
                 args += ["--set", f"{key}={json.dumps(value)}"]
-        args += ["--ablations"] if opts.part == "ablations" else []
+        args += {"ablations": ["--ablations"], "main": ["--main-only"]}.get(opts.part, [])
         return args + (["--quick"] if opts.quick else [])
 
     run_workers(groups, argv, cfg.output_dir / "logs", log)
