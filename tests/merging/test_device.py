@@ -112,7 +112,7 @@ CASES: dict[str, dict[str, Case]] = {
     "lwptv": {
         "fraction": lambda p: {"eta": 0.5},
         "after_ties": lambda p: {"eta": 0.5, "mode": "after", "base": "ties", "keep": 0.5},
-        "absolute_share": lambda p: {"eta": 0.2, "threshold": "absolute", "saliency": "share", "unit": "tensor"},
+        "absolute_share": lambda p: {"eta": 0.3, "threshold": "absolute", "saliency": "share", "unit": "tensor"},
     },
     "greedy_soup": {"evaluate": lambda p: {"evaluate": evaluate}},
 }
