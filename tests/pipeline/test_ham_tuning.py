@@ -135,3 +135,31 @@ def test_later_seeds_train_only_the_point_seed_0_chose(tiny_shapes, tmp_path, mo
     assert experiment.run_experiment(cfg, log=lambda _: None) == [] and trained == []
     # Which seeds tune decides which rows exist, not their values: the key ignores it.
     assert experiment.experiment_key(cfg) == experiment.experiment_key(tiny(tiny_shapes, out, ham_tuning_seeds=None))
+
+
+def test_the_ablations_reference_is_recorded_on_every_seed_from_the_training_they_share(tiny_shapes, tmp_path,
+                                                                                         monkeypatch):
+    # The bench's `reference` (HAM's own λ and r) beside a merge-time ablation: where seed 0 chose
+    # λ 1, seed 1 trains λ 0.1 once for both, and its reference row is HAM's own merge of it.
+    variants = [VARIANTS[1], HamVariant(label="reference"), HamVariant(label="best-checkpoint",
+                                                                       set={"historical": "none"})]
+    trained = record_ham_trainings(monkeypatch, lambda ham_cfg, seed: (seed, ham_cfg.opa_weight))
+    out = tmp_path / "run"
+    experiment.run_experiment(tiny(tiny_shapes, out, seeds=[0], ham_variants=variants), log=lambda _: None)
+    assert sorted(trained) == [(0, 0.1), (0, 1.0)]
+    path = out / "results.jsonl"
+    rows = read_results(path)
+    by = {r["method"]: r for r in rows}
+    # Seed 0: the reference is HAM's own point, so it is the `ham` row's model again.
+    assert by["ham:reference"]["test_acc"] == by["ham"]["test_acc"] and by["ham:reference"]["reused_training"]
+    assert "tuning_of" not in by["ham:reference"]  # it never competes with the tuning points
+    for row in rows:
+        row["val_acc"] = 0.9 if row["method"] == "ham:lam1_r0.2" else 0.1
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    trained.clear()
+    new = experiment.run_experiment(tiny(tiny_shapes, out, seeds=[1], ham_variants=variants), log=lambda _: None)
+    assert sorted(trained) == [(1, 0.1), (1, 1.0)]
+    assert sorted(r["method"] for r in new) == ["ham:best-checkpoint", "ham:lam1_r0.2", "ham:reference"]
+    reference = next(r for r in new if r["method"] == "ham:reference")
+    assert reference["hparams"]["ham"]["opa_weight"] == 0.1 and reference["merged_from"] == by["ham"]["merged_from"]

@@ -65,7 +65,8 @@ MAIN_ROWS = {
     "ham": "HAM",
 }
 ABLATION_ROWS = {
-    "ham": "HAM (full)",
+    "ham": "HAM (full; λ and r chosen on source validation)",
+    "ham:reference": "HAM at the ablations' setting (λ 0.1, r 0.2): the reference of the rows below",
     "ham:no-sae": "w/o SAE",
     "ham:no-opa": "w/o OPA",
     "ham:best-checkpoint": "w/o historical averaging (best checkpoint)",
