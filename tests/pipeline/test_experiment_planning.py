@@ -19,6 +19,7 @@ from dgmerge.pipeline.experiment import (
     experiment_key,
     finished_methods,
     planned_cells,
+    results_rows,
 )
 
 BASE = ExperimentConfig(output_dir="o", seeds=[0], methods=["erm"], data=DataConfig(root="r", dataset="X"),
@@ -117,13 +118,12 @@ def row(key, seed, domain, method, group=None):
     return {**out, "method_group": group} if group else out
 
 
-def test_finished_methods_are_this_experiments_rows_with_their_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiment, "read_results", lambda path: [
-        row("K", 0, "a", "erm"), row("K", 0, "a", "merge:ties", "merge"), row("other", 0, "a", "ham"),
-        row("K", 1, "a", "ham:no opa", "ham_variants"), row("K", 0, "b", "ham")])
-    assert finished_methods(tmp_path / "absent.jsonl", "K") == {}
-    (tmp_path / "results.jsonl").touch()
-    assert finished_methods(tmp_path / "results.jsonl", "K") == {
+def test_finished_methods_are_this_experiments_rows_with_their_groups(tmp_path):
+    rows = [row("K", 0, "a", "erm"), row("K", 0, "a", "merge:ties", "merge"), row("other", 0, "a", "ham"),
+            row("K", 1, "a", "ham:no opa", "ham_variants"), row("K", 0, "b", "ham")]
+    assert results_rows(tmp_path / "absent.jsonl") == []
+    assert finished_methods([], "K") == {}
+    assert finished_methods(rows, "K") == {
         (0, "a"): {"erm", "merge:ties", "merge"},
         # A variant is done one by one: its group is not, since a config may add variants.
         (1, "a"): {"ham:no opa"},

@@ -31,7 +31,7 @@ from dgmerge.config import ConfigError, ExperimentConfig, ham_train, parse_overr
 from dgmerge.data.imagefolder import scan_domains
 from dgmerge.methods import build_cell
 from dgmerge.methods.ham import training_summary
-from dgmerge.pipeline.experiment import experiment_key, finished_methods, load_experiment
+from dgmerge.pipeline.experiment import experiment_key, finished_methods, load_experiment, results_rows
 from dgmerge.training.distributed import train_ham_distributed
 from dgmerge.training.history import save_history
 
@@ -103,7 +103,7 @@ def run(cfg: ExperimentConfig, test_domain: str, seed: int, device: torch.device
     results_path = cfg.output_dir / "results.jsonl"
     done = False
     if rank == 0 and not force:
-        done = "ham" in finished_methods(results_path, key).get((seed, test_domain), set())
+        done = "ham" in finished_methods(results_rows(results_path), key).get((seed, test_domain), set())
     if _broadcast_from_rank0(done):
         if rank == 0:
             print(f"[skip] seed {seed}, test domain {test_domain}: ham already in {results_path} (--force to rerun)")

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from dgmerge.config import DiwaConfig, MAConfig, SwadConfig, ExperimentConfig, load_config
 from dgmerge.data.imagefolder import DomainIndex, scan_domains
@@ -105,7 +105,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print,
     index = scan_domains(dataset_dir)
     results_path = cfg.output_dir / "results.jsonl"
     key = experiment_key(cfg)
-    done = finished_methods(results_path, key)
+    done = finished_methods(results_rows(results_path), key)
     rows: list[dict[str, Any]] = []
     for seed, name, build in planned_cells(cfg, index, key):
         if cells is not None and (seed, name) not in cells:
@@ -145,8 +145,8 @@ def experiment_status(cfg: ExperimentConfig) -> list[CellStatus]:
     results.jsonl, so it is safe beside a running experiment."""
     results_path = cfg.output_dir / "results.jsonl"
     key = experiment_key(cfg)
-    done = finished_methods(results_path, key)
-    rows = read_results(results_path) if results_path.exists() else []
+    rows = results_rows(results_path)
+    done = finished_methods(rows, key)
     counts = Counter((r["seed"], r["test_domain"]) for r in rows if r.get("experiment_key") == key)
     out = []
     for seed, name, _ in planned_cells(cfg, scan_domains(cfg.data.root / cfg.data.dataset), key):
@@ -179,7 +179,8 @@ def planned_cells(cfg: ExperimentConfig, index: DomainIndex,
 
 
 def _not_chosen(cfg: ExperimentConfig, results_path: Path, key: str, seed: int, domain: str, log: Log) -> set[str]:
-    rows = read_results(results_path) if results_path.exists() else []
+    # Read afresh: the tuning seeds' rows may have been written earlier in this same run.
+    rows = results_rows(results_path)
     winner, skipped = skipped_points(cfg, rows, key, seed, domain, results_path)
     if skipped:
         log(f"   HAM's training chosen on seeds {cfg.ham_tuning_seeds} for {domain}: {winner}'s "
@@ -200,15 +201,19 @@ def run_cell(cell: Cell, methods: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def finished_methods(results_path: Path, key: str) -> dict[tuple[int, str], set[str]]:
-    """(seed, test domain) -> method names and groups of this experiment already in results.jsonl."""
+def results_rows(results_path: Path) -> list[dict[str, Any]]:
+    """Every row of results.jsonl; none when the file does not exist yet."""
+    return read_results(results_path) if results_path.exists() else []
+
+
+def finished_methods(rows: Iterable[dict[str, Any]], key: str) -> dict[tuple[int, str], set[str]]:
+    """(seed, test domain) -> method names and groups of experiment `key` among `rows`."""
     done: dict[tuple[int, str], set[str]] = {}
-    if results_path.exists():
-        for row in read_results(results_path):
-            if row.get("experiment_key") == key:
-                finished = done.setdefault((row["seed"], row["test_domain"]), set())
-                finished.add(row["method"])
-                # Variants are done one by one (a config may add more); other groups as a whole.
-                if row.get("method_group") != "ham_variants":
-                    finished.add(row.get("method_group", row["method"]))
+    for row in rows:
+        if row.get("experiment_key") == key:
+            finished = done.setdefault((row["seed"], row["test_domain"]), set())
+            finished.add(row["method"])
+            # Variants are done one by one (a config may add more); other groups as a whole.
+            if row.get("method_group") != "ham_variants":
+                finished.add(row.get("method_group", row["method"]))
     return done
