@@ -8,7 +8,7 @@ LABELS = {"erm": "ERM", "swad": "SWAD", "ham": "HAM", "single_source_mean": "Sin
 
 def rows(method, per_seed):
     """per_seed: {seed: {domain: (val %, test %)}}"""
-    return [{"method": method, "test_domain": d, "seed": s, "val_acc": v / 100, "test_acc": t / 100}
+    return [{"dataset": "PACS", "method": method, "test_domain": d, "seed": s, "val_acc": v / 100, "test_acc": t / 100}
             for s, cells in per_seed.items() for d, (v, t) in cells.items()]
 
 

@@ -11,9 +11,10 @@ baseline covers every held-out domain, and a method is a candidate only if it co
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+from dgmerge.reports.table import build_tables
 
 Row = dict[str, Any]
 
@@ -35,16 +36,16 @@ class Standing:
 
 
 def _per_seed_avgs(rows: Iterable[Row], metric: str) -> dict[str, dict[Any, float]]:
-    """method -> seed -> mean over held-out domains, only for seeds that cover every domain."""
-    values: dict[str, dict[Any, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    domains: set[str] = set()
-    for row in rows:
-        value = row.get(metric)
-        domains.add(row["test_domain"])
-        if isinstance(value, (int, float)) and value == value:
-            values[row["method"]][row["seed"]][row["test_domain"]] = 100.0 * float(value)
-    return {m: {s: statistics.fmean(d.values()) for s, d in seeds.items() if len(d) == len(domains)}
-            for m, seeds in values.items()}
+    """method -> seed -> mean over held-out domains, only for seeds that cover every domain
+    (the tables' own per-seed Avg, over the rows that have `metric`)."""
+    rows = list(rows)
+    domains = {row["test_domain"] for row in rows}
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and r[metric] == r[metric]]
+    out: dict[str, dict[Any, float]] = {}
+    for table in build_tables(scored, metric):
+        if set(table.domains) == domains:  # a domain no row scored leaves no seed complete
+            out.update(table.seed_avgs)
+    return out
 
 
 def _spread(values: list[float]) -> str:

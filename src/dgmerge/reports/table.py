@@ -33,13 +33,16 @@ class Cell:
 
 @dataclass
 class Table:
-    """One dataset's table; `cells[method][domain]`, `avg[method]` over seeds of per-seed means."""
+    """One dataset's table; `cells[method][domain]`, `avg[method]` over seeds of per-seed means;
+    `seed_avgs[method][seed]`: those per-seed means (the seeds covering every domain), for
+    comparisons paired over seeds."""
 
     dataset: str
     domains: list[str]
     methods: list[str]
     cells: dict[str, dict[str, Cell]]
     avg: dict[str, Cell]
+    seed_avgs: dict[str, dict[Any, float]] = field(default_factory=dict)
 
 
 def build_tables(rows: Iterable[dict[str, Any]], metric: str = "test_acc") -> list[Table]:
@@ -71,11 +74,10 @@ def build_tables(rows: Iterable[dict[str, Any]], metric: str = "test_acc") -> li
                 continue
             cells[method][domain].values.append(value)
             per_seed[method][seed][domain] = value
-        avg = {
-            m: Cell([statistics.fmean(v.values()) for v in per_seed[m].values() if len(v) == len(domains)])
-            for m in methods
-        }
-        tables.append(Table(dataset, domains, methods, cells, avg))
+        seed_avgs = {m: {seed: statistics.fmean(v.values()) for seed, v in per_seed[m].items()
+                         if len(v) == len(domains)} for m in methods}
+        avg = {m: Cell(list(seed_avgs[m].values())) for m in methods}
+        tables.append(Table(dataset, domains, methods, cells, avg, seed_avgs))
     return tables
 
 
