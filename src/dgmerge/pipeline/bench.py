@@ -25,10 +25,9 @@ from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig, resolve_config_path
 from dgmerge.data.errors import DatasetNotFoundError
 from dgmerge.data.imagefolder import resolve_dataset_dir, scan_domains
-from dgmerge.evaluation.results import read_results
 from dgmerge.models.entries import find_pretrained
-from dgmerge.pipeline.experiment import (experiment_key, experiment_status, load_experiment, run_experiment,
-                                         scope_overrides)
+from dgmerge.pipeline.experiment import (experiment_key, experiment_status, load_experiment, results_rows,
+                                         run_experiment, scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.diagnostics import diagnostics_markdown
@@ -267,7 +266,7 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
     """Markdown: the setting, the main table and the ablation table (mean ± std over seeds)."""
     path = cfg.output_dir / "results.jsonl"
     key = experiment_key(cfg)
-    every = [r for r in read_results(path) if r.get("experiment_key") == key] if path.exists() else []
+    every = [r for r in results_rows(path) if r.get("experiment_key") == key]
     # HAM's row is its tuning point with the best source-validation accuracy, per cell; the
     # sensitivity table shows every point as measured.
     rows = select_by_validation(every)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dgmerge.atomic import write_text_atomic
-from dgmerge.evaluation.results import read_results
 from dgmerge.pipeline.bench import BenchOptions, pacs_cpu_config, run_pacs_cpu
-from dgmerge.pipeline.experiment import experiment_key
+from dgmerge.pipeline.experiment import experiment_key, results_rows
 from dgmerge.reports.convergence import budget_markdown, budget_table, converged_budget, plot_budgets
 
 Log = Callable[[str], None]
@@ -55,7 +54,7 @@ def budget_rows(opts: BenchOptions, budgets: Sequence[int]) -> list[dict]:
         cfg = pacs_cpu_config(budget_options(opts, steps))
         path = cfg.output_dir / "results.jsonl"
         key = experiment_key(cfg)
-        rows += [r for r in read_results(path) if r.get("experiment_key") == key] if path.exists() else []
+        rows += [r for r in results_rows(path) if r.get("experiment_key") == key]
     return rows
 
 
