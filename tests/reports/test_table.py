@@ -34,6 +34,15 @@ def test_avg_only_from_seeds_covering_every_domain():
     assert "| erm | 85.0 ± 5.0 | 60.0 ± 0.0 (n=1) | 70.0 ± 0.0 (n=1) |" in md
 
 
+def test_rows_without_the_metric_are_left_out_not_shown_as_nan():
+    rows = [r("erm", "a", 0, 0.8), {**r("mean", "a", 0, 0.7), "val_acc": float("nan")},
+            {**r("erm", "a", 1, 0.6), "val_acc": 0.9}]
+    (table,) = build_tables(rows, metric="val_acc")
+    assert table.methods == ["erm"]
+    assert table.cells["erm"]["a"].values == [pytest.approx(90.0)]
+    assert "nan" not in to_markdown(table)
+
+
 def test_rerun_replaces_not_doubles():
     (table,) = build_tables([r("erm", "a", 0, 0.5), r("erm", "a", 0, 0.7)])
     assert table.cells["erm"]["a"].values == [pytest.approx(70.0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -50,14 +51,19 @@ def build_tables(rows: Iterable[dict[str, Any]], metric: str = "test_acc") -> li
 
     A repeated (method, domain, seed) keeps its latest row, so a rerun replaces, not doubles.
     Avg for a seed is the mean over test domains, and only for seeds that cover every domain
-    of the table; the cell then shows mean ± std of those per-seed averages.
+    of the table; the cell then shows mean ± std of those per-seed averages. A row without a
+    value for `metric` (absent, None or NaN: the single-source mean has no one source validation)
+    is not a measurement of it and is left out, rather than shown as "nan".
     """
     latest: dict[tuple[str, str, str, Any], float] = {}
     method_order: dict[str, list[str]] = defaultdict(list)
     domain_order: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         dataset, method, domain = row["dataset"], row["method"], row["test_domain"]
-        latest[(dataset, method, domain, row["seed"])] = 100.0 * float(row[metric])
+        value = row.get(metric)
+        if value is None or math.isnan(float(value)):
+            continue
+        latest[(dataset, method, domain, row["seed"])] = 100.0 * float(value)
         if method not in method_order[dataset]:
             method_order[dataset].append(method)
         if domain not in domain_order[dataset]:
