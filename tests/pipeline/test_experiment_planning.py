@@ -199,3 +199,17 @@ def test_status_says_what_each_cell_would_still_run_and_which_wait_for_the_tunin
     assert (status[1, "a"].rows, status[1, "a"].todo, status[1, "a"].waiting) == (0, ["erm", "ham_variants"], False)
     # On b the winner is not known yet: everything is still to do, and the cell says it waits.
     assert (status[1, "b"].todo, status[1, "b"].waiting) == (["erm", "ham", "ham_variants"], True)
+
+
+def test_each_part_counts_only_the_variants_it_runs(tmp_path, monkeypatch):
+    # A merge-time variant (reuses HAM's training) belongs to the main part ("reuse"), one that
+    # trains its own models to the ablations part ("train"): with the merge-time row written, the
+    # main part has nothing left in the cell while the ablations part still has its training.
+    variants = [{"label": "best", "set": {"historical": "none"}}, {"label": "no-opa", "set": {"opa": False}}]
+    cfg = changed("ham_variants", variants, changed("methods", ["ham_variants"], changed("output_dir", str(tmp_path))))
+    key = experiment_key(cfg)
+    write_rows(tmp_path / "results.jsonl", [row(key, 0, "a", "ham:best", "ham_variants")])
+    monkeypatch.setattr(experiment, "scan_domains", lambda path: index("a", "b"))
+    todo = {part: experiment.experiment_status(changed("ham_variant_runs", part, cfg))[0].todo
+            for part in ("reuse", "train", "all")}
+    assert todo == {"reuse": [], "train": ["ham_variants"], "all": ["ham_variants"]}

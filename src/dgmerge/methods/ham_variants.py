@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import time
 
-from dgmerge.config import ExperimentConfig, can_reuse
+from dgmerge.config import ExperimentConfig, HamVariant, can_reuse
 from dgmerge.methods.cell import Cell, Row
 from dgmerge.methods.ham import training_summary
 from dgmerge.methods.registry import register_experiment
 from dgmerge.training.ham import MERGED_FROM, merge_trained
 
 
+def in_this_part(cfg: ExperimentConfig, variant: HamVariant) -> bool:
+    """Whether `ham_variant_runs` runs `variant`: "reuse" the merge-time ones and HAM's tuning
+    points (HAM's own row is chosen among them, training or not), "train" the others, "all" both."""
+    if variant.tuning or can_reuse(cfg.variant_config(variant), cfg.ham):
+        return cfg.ham_variant_runs in ("reuse", "all")
+    return cfg.ham_variant_runs in ("train", "all")
+
+
 def _done(cfg: ExperimentConfig, seed: int, finished: set[str]) -> bool:
-    # Variants are done one by one: a config may add more after a run.
-    return all(f"ham:{v.label}" in finished for v in cfg.ham_variants if v.applies_to(seed))
+    # Variants are done one by one (a config may add more after a run), and only those this part
+    # runs count: the main part is done without the ablations part's trainings.
+    return all(f"ham:{v.label}" in finished for v in cfg.ham_variants if v.applies_to(seed) and in_this_part(cfg, v))
 
 
 @register_experiment("ham_variants", order=50, done=_done,
@@ -33,12 +42,10 @@ def run(cell: Cell) -> list[Row]:
         method = f"ham:{variant.label}"
         if method in cell.done or not variant.applies_to(cell.seed):
             continue
+        if not in_this_part(cfg, variant):
+            continue
         ham_cfg = cfg.variant_config(variant)
         reusable = can_reuse(ham_cfg, cfg.ham)
-        # HAM's tuning points run with HAM itself (its row is chosen among them), training or not.
-        wanted = ("reuse", "all") if variant.tuning else (("reuse", "all") if reusable else ("train", "all"))
-        if cfg.ham_variant_runs not in wanted:
-            continue
         start = time.perf_counter()
         base = cell.reusable_ham(ham_cfg)
         reused = base is not None
