@@ -40,9 +40,7 @@ def run(cell: Cell) -> list[Row]:
     rows = []
     for variant in cfg.ham_variants:
         method = f"ham:{variant.label}"
-        if method in cell.done or not variant.applies_to(cell.seed):
-            continue
-        if not in_this_part(cfg, variant):
+        if method in cell.done or not variant.applies_to(cell.seed) or not in_this_part(cfg, variant):
             continue
         ham_cfg = cfg.variant_config(variant)
         reusable = can_reuse(ham_cfg, cfg.ham)

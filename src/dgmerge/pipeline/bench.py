@@ -26,8 +26,8 @@ from dgmerge.config import ExperimentConfig, resolve_config_path
 from dgmerge.data.errors import DatasetNotFoundError
 from dgmerge.data.imagefolder import resolve_dataset_dir, scan_domains
 from dgmerge.models.entries import find_pretrained
-from dgmerge.pipeline.experiment import (experiment_key, experiment_status, load_experiment, results_rows,
-                                         run_experiment, scope_overrides)
+from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, load_experiment, run_experiment,
+                                         scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
 from dgmerge.reports.diagnostics import diagnostics_markdown
@@ -264,9 +264,7 @@ def trainable_part(cfg: ExperimentConfig) -> str:
 
 def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
     """Markdown: the setting, the main table and the ablation table (mean ± std over seeds)."""
-    path = cfg.output_dir / "results.jsonl"
-    key = experiment_key(cfg)
-    every = [r for r in results_rows(path) if r.get("experiment_key") == key]
+    every = experiment_rows(cfg)
     # HAM's row is its tuning point with the best source-validation accuracy, per cell; the
     # sensitivity table shows every point as measured.
     rows = select_by_validation(every)

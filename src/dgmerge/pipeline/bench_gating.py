@@ -18,7 +18,7 @@ from typing import Any, Callable
 from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig
 from dgmerge.data.imagefolder import scan_domains
-from dgmerge.pipeline.experiment import experiment_key, load_experiment, results_rows, run_experiment, scope_overrides
+from dgmerge.pipeline.experiment import experiment_rows, load_experiment, run_experiment, scope_overrides
 from dgmerge.reports.gating_multitask_table import render_gating_multitask
 from dgmerge.reports.gating_table import render_gating_dg
 
@@ -65,9 +65,7 @@ def run_gating_bench(opts: GatingBenchOptions, default: str = DG_CONFIG, log: Lo
     cfg = bench_config(opts, default)
     start = time.perf_counter()
     run_experiment(cfg, log=log)
-    path = cfg.output_dir / "results.jsonl"
-    key = experiment_key(cfg)
-    rows = [r for r in results_rows(path) if r.get("experiment_key") == key]
+    rows = experiment_rows(cfg)
     if cfg.tasks is not None:
         table = render_gating_multitask(rows)
     else:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from dgmerge.atomic import write_text_atomic
 from dgmerge.pipeline.bench import BenchOptions, pacs_cpu_config, run_pacs_cpu
-from dgmerge.pipeline.experiment import experiment_key, results_rows
+from dgmerge.pipeline.experiment import experiment_rows
 from dgmerge.reports.convergence import budget_markdown, budget_table, converged_budget, plot_budgets
 
 Log = Callable[[str], None]
@@ -51,10 +51,7 @@ def budget_rows(opts: BenchOptions, budgets: Sequence[int]) -> list[dict]:
     """Every finished row of every budget's run of this exact setting."""
     rows = []
     for steps in budgets:
-        cfg = pacs_cpu_config(budget_options(opts, steps))
-        path = cfg.output_dir / "results.jsonl"
-        key = experiment_key(cfg)
-        rows += [r for r in results_rows(path) if r.get("experiment_key") == key]
+        rows += experiment_rows(pacs_cpu_config(budget_options(opts, steps)))
     return rows
 
 

@@ -206,6 +206,12 @@ def results_rows(results_path: Path) -> list[dict[str, Any]]:
     return read_results(results_path) if results_path.exists() else []
 
 
+def experiment_rows(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The rows of `cfg`'s own experiment (its key) in its output_dir's results.jsonl."""
+    key = experiment_key(cfg)
+    return [r for r in results_rows(cfg.output_dir / "results.jsonl") if r.get("experiment_key") == key]
+
+
 def finished_methods(rows: Iterable[dict[str, Any]], key: str) -> dict[tuple[int, str], set[str]]:
     """(seed, test domain) -> method names and groups of experiment `key` among `rows`."""
     done: dict[tuple[int, str], set[str]] = {}
