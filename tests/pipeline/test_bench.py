@@ -44,6 +44,11 @@ def test_shipped_setting_has_every_row_of_the_issue(tmp_path):
     assert points == {(lam, r) for lam in (0.1, 0.5, 1.0) for r in (0.2, 0.4, 0.6, 0.8)}
     assert {f"ham:{v.label}" for v in cfg.ham_variants} >= set(ABLATION_ROWS) - {"ham", "ham_soup"}
     assert "ham_soup" in cfg.methods  # diversity over λ draws, measured at no training cost
+    # The paper's ablations train on every seed; our own extras (the earlier SAE rule, λ beyond
+    # the grid) on seed 0 only.
+    seeds_of = {v.label: v.seeds for v in cfg.ham_variants}
+    assert not seeds_of["no-sae"] and not seeds_of["no-opa"]
+    assert seeds_of["sae-margin-cap-warmup"] == seeds_of["lam0.01"] == seeds_of["lam10"] == [0]
     # The main part reuses HAM's training; the ablation part trains only what needs training.
     assert cfg.ham_variant_runs == "reuse" and "erm" in cfg.methods
     ablations = pacs_cpu_config(BenchOptions(data_root=root, weights=weights, part="ablations"))
