@@ -219,8 +219,9 @@ def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
 
 
 def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatch):
-    """The default is both parts, main first (so the main table is complete first), each part's
-    workers told which part they run, and one report over every row at the end."""
+    """The default is both parts, main first (so the main table is complete first), and one
+    report over every row at the end. With workers, each one runs both parts on its share (no
+    barrier between the parts that would leave a core idle while the slowest worker finishes)."""
     from dgmerge.pipeline import bench
 
     root, weights = fake_inputs(tmp_path)
@@ -239,7 +240,14 @@ def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatc
     assert ran[0][1] == "reuse" and "erm" in ran[0][0] and ran[1] == (["ham_variants"], "train")
     assert reports == ["main+ablations"] and (tmp_path / "out" / "bench-report.md").read_text() == "report"
     bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2}), log=lambda _: None)
-    assert [a[-1] for a in argvs] == ["--main-only", "--ablations"]
+    assert len(argvs) == 1 and not {"--main-only", "--ablations"} & set(argvs[0])
+    # The worker's own command: both parts on its cells, main first, in the same process.
+    ran.clear()
+    bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2, "cells": {(0, "photo")}}), log=lambda _: None)
+    assert [r[1] for r in ran] == ["reuse", "train"]
+    argvs.clear()
+    bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2, "part": "ablations"}), log=lambda _: None)
+    assert argvs[0][-1] == "--ablations"
     with pytest.raises(ValueError, match="two runs"):
         pacs_cpu_config(opts)
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--ablations", "--main-only", "--out", str(tmp_path / "o")])

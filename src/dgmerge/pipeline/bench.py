@@ -164,22 +164,32 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     Both parts share one experiment key, so the report covers every row either part wrote.
     """
     start = time.perf_counter()
-    for one in parts(opts):
-        cfg = pacs_cpu_config(one)
-        log(f"bench pacs-cpu ({one.part}{', quick' if one.quick else ''}): {setting_line(cfg)}")
-        cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        # The resolved setting beside the results: `dgmerge report --figures` finds the data here.
-        write_text_atomic(cfg.output_dir / "config.json", json.dumps(
-            {"benchmark": "pacs-cpu", "part": one.part, "config": cfg.model_dump(mode="json")}, indent=1))
-        jobs = one.jobs or (os.cpu_count() or 1)
-        if jobs > 1 and one.cells is None:
-            _run_in_workers(one, cfg, jobs, log)
-        else:
+    jobs = opts.jobs or (os.cpu_count() or 1)
+    if jobs > 1 and opts.cells is None:
+        # Each worker runs every part on its own share, main first: the main table is complete
+        # as soon as it would be behind a barrier, and a worker whose main cells finish early
+        # goes on to its ablations instead of leaving its core idle until the slowest one is done.
+        cfg = _prepare(parts(opts)[0], log)
+        _run_in_workers(opts, cfg, jobs, log)
+    else:
+        for one in parts(opts):
+            cfg = _prepare(one, log)
             run_experiment(cfg, log=log, cells=one.cells)
     wall = time.perf_counter() - start
     report = bench_report(cfg, opts.part, wall)
     write_text_atomic(cfg.output_dir / "bench-report.md", report)
     return report
+
+
+def _prepare(one: BenchOptions, log: Log) -> ExperimentConfig:
+    """The part's config, announced and written beside the results (`dgmerge report --figures`
+    finds the data there)."""
+    cfg = pacs_cpu_config(one)
+    log(f"bench pacs-cpu ({one.part}{', quick' if one.quick else ''}): {setting_line(cfg)}")
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.output_dir / "config.json", json.dumps(
+        {"benchmark": "pacs-cpu", "part": one.part, "config": cfg.model_dump(mode="json")}, indent=1))
+    return cfg
 
 
 def bench_status(opts: BenchOptions, now: float | None = None) -> str:
