@@ -30,6 +30,7 @@ from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, loa
                                          scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
+from dgmerge.reports.compute import compute_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
 from dgmerge.reports.selection import selection_markdown
 from dgmerge.reports.table import build_tables, to_markdown
@@ -273,7 +274,7 @@ def trainable_part(cfg: ExperimentConfig) -> str:
 
 
 def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
-    """Markdown: the setting, the main table and the ablation table (mean ± std over seeds)."""
+    """Markdown: the setting, the main and ablation tables (mean ± std over seeds), and where the compute went."""
     every = experiment_rows(cfg)
     # HAM's row is its tuning point with the best source-validation accuracy, per cell; the
     # sensitivity table shows every point as measured.
@@ -302,7 +303,9 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         _table(rows, ABLATION_ROWS), "",
         "## HAM sensitivity (every tuning point and λ point, as measured)", "",
         _table(every, {r["method"]: r["method"] for r in every
-                       if r["method"].startswith("ham:") and r["method"] not in ABLATION_ROWS}),
+                       if r["method"].startswith("ham:") and r["method"] not in ABLATION_ROWS}), "",
+        "## Where the compute went (worker-hours recorded in the rows; each training counted once)", "",
+        compute_markdown(every),
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,74 @@
+"""Where a run's compute went: worker-hours per kind of method, read from the rows' wall times.
+
+A row's `wall_time_s` includes the training it ran; rows that reuse a training (MA and SWAD ride
+on ERM's run, HAM's r points and merge-time ablations on its λ training, DiWA greedy on DiWA's
+runs) carry the same `train_wall_time_s` as the row that paid for it. Each training is counted
+once per cell, so the total is the compute that produced the rows. Work lost with a stopped
+machine, or done again after a resume, wrote no row and is not in it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+Row = dict[str, Any]
+
+# Display names, in the order of the table.
+GROUPS = {
+    "ham": "HAM (its λ points, the r grid and the chosen row)",
+    "ham_reference": "HAM's λ 0.1 training for the ablations' reference, where λ 0.1 was not chosen",
+    "ham_ablations": "HAM ablations (w/o SAE, w/o OPA, other SAE rule, other λ; merge-time ones)",
+    "ham_soup": "HAM soup",
+    "diwa": "DiWA (its M ERM runs)",
+    "erm": "ERM (MA and SWAD ride on its run)",
+    "erm_ma": "ERM + MA (beyond ERM's run)",
+    "swad": "SWAD (beyond ERM's run)",
+    "single_source": "Single-source models",
+    "merge": "Merges of the single-source models",
+    "linear_probe": "Frozen linear probe",
+}
+
+
+def _group(row: Row) -> str:
+    group = row.get("method_group") or row["method"].split(":")[0]
+    if group == "ham_variants":
+        # Tuning points belong to HAM's own row; the reference trains only where the chosen λ
+        # differs from the ablations' λ; the other variants are the ablations.
+        if row.get("tuning_of"):
+            return "ham"
+        return "ham_reference" if row["method"] == "ham:reference" else "ham_ablations"
+    return group
+
+
+def compute_seconds(rows: list[Row]) -> dict[str, float]:
+    """Seconds of worker time per group (keys of GROUPS, or a row's own group), each training once."""
+    out: dict[str, float] = defaultdict(float)
+    paid: set[tuple[Any, Any, float]] = set()
+    for row in rows:
+        wall = float(row.get("wall_time_s") or 0.0)
+        train = row.get("train_wall_time_s")
+        group = _group(row)
+        if not isinstance(train, (int, float)) or wall < train:
+            # No training, or one another row ran: the row's own time is all it cost.
+            out[group] += wall
+            continue
+        out[group] += wall - train
+        key = (row.get("seed"), row.get("test_domain"), float(train))
+        if key not in paid:
+            paid.add(key)
+            out[group] += train
+    return dict(out)
+
+
+def compute_markdown(rows: list[Row]) -> str:
+    """A table of worker-hours and shares per group, largest first, with the total."""
+    seconds = compute_seconds(rows)
+    total = sum(seconds.values())
+    if total <= 0:
+        return "(no rows with wall times yet)"
+    lines = ["| What | worker-hours | share |", "|---|---:|---:|"]
+    for group, value in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {GROUPS.get(group, group)} | {value / 3600:.2f} | {100 * value / total:.1f} % |")
+    lines.append(f"| **Total** | **{total / 3600:.2f}** | 100 % |")
+    return "\n".join(lines)
