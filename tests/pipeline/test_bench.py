@@ -138,6 +138,9 @@ def test_quick_bench_rows_improve_on_the_probe_they_start_from(tmp_path):
     # The row source validation picks, against the target; the source-validation table beside it.
     assert "**Chosen on source validation:" in report and "Target ERM + 2.0: **" in report
     assert "## Source-validation accuracy (%)" in report
+    # Where the compute went, and the selection picture beside the report.
+    assert "## Where the compute went" in report and "| **Total** |" in report
+    assert (out / "selection.png").stat().st_size > 0
 
 
 def test_another_dataset_must_be_under_the_data_root(tmp_path):

@@ -33,6 +33,7 @@ from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_worke
 from dgmerge.reports.compute import compute_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
 from dgmerge.reports.selection import selection_markdown
+from dgmerge.reports.selection_figure import selection_figure
 from dgmerge.reports.table import build_tables, to_markdown
 from dgmerge.version import code_version
 
@@ -179,7 +180,19 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     wall = time.perf_counter() - start
     report = bench_report(cfg, opts.part, wall)
     write_text_atomic(cfg.output_dir / "bench-report.md", report)
+    _selection_figure(cfg, log)
     return report
+
+
+def _selection_figure(cfg: ExperimentConfig, log: Log) -> None:
+    """selection.png beside the report: source-validation Avg against held-out Avg per method.
+    Regenerated with the report; a run too partial to plot keeps the report and says why."""
+    out = cfg.output_dir / "selection.png"
+    try:
+        selection_figure(select_by_validation(experiment_rows(cfg)), MAIN_ROWS, out, force=True,
+                         title=f"{cfg.data.dataset}: source validation chooses, held-out is information only")
+    except (ValueError, ImportError) as exc:
+        log(f"no {out.name}: {exc}")
 
 
 def _prepare(one: BenchOptions, log: Log) -> ExperimentConfig:
