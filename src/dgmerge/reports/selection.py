@@ -48,9 +48,20 @@ def _per_seed_avgs(rows: Iterable[Row], metric: str) -> dict[str, dict[Any, floa
     return out
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (as the tables) of per-seed values; std 0 for one seed."""
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
 def _spread(values: list[float]) -> str:
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0  # population std, as the tables
-    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def chosen_standing(ranked: list[Standing], labels: dict[str, str]) -> Standing:
+    """The row source validation picks: the highest source-validation Avg, ties to the earlier label."""
+    order = list(labels)
+    return max(ranked, key=lambda s: (s.val_mean, -order.index(s.method)))
 
 
 def standings(rows: list[Row], methods: Iterable[str], baseline: str) -> tuple[list[Any], list[Standing]]:
@@ -77,7 +88,7 @@ def selection_markdown(rows: list[Row], labels: dict[str, str], baseline: str = 
     if base is None:
         return f"(no seed on which {labels.get(baseline, baseline)} covers every held-out domain yet)"
     order = list(labels)
-    chosen = max(ranked, key=lambda s: (s.val_mean, -order.index(s.method)))
+    chosen = chosen_standing(ranked, labels)
     by_test = max(ranked, key=lambda s: (statistics.fmean(s.test), -order.index(s.method)))
 
     def gain(s: Standing) -> list[float]:

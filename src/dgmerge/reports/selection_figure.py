@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dgmerge.reports.figures import Plotted, check_writable, pyplot, save_figure
-from dgmerge.reports.selection import standings
+from dgmerge.reports.selection import chosen_standing, mean_std, standings
 
 Row = dict[str, Any]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
 def selection_figure(rows: list[Row], labels: dict[str, str], out: Path, baseline: str = "erm",
@@ -36,9 +32,8 @@ def selection_figure(rows: list[Row], labels: dict[str, str], out: Path, baselin
     if base is None:
         raise ValueError(f"no seed on which {baseline!r} covers every held-out domain: nothing to plot")
     check_writable(out, force)
-    order = list(labels)
-    chosen = max(ranked, key=lambda s: (s.val_mean, -order.index(s.method)))
-    points = {labels[s.method]: (*_mean_std(s.val), *_mean_std(s.test)) for s in ranked}
+    chosen = chosen_standing(ranked, labels)
+    points = {labels[s.method]: (*mean_std(s.val), *mean_std(s.test)) for s in ranked}
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     # Points are numbered in table order and named in a key beside the axes: the baselines
