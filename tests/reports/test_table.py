@@ -27,11 +27,11 @@ def test_avg_only_from_seeds_covering_every_domain():
             r("probe", "a", 0, 0.5)]
     (table,) = build_tables(rows)
     assert table.avg["erm"].values == [pytest.approx(70.0)]
-    # Fewer seeds than the table's fullest cell (erm on a: 2) are counted: ± 0 over one seed
-    # is no spread; erm's Avg, from its one complete seed, is marked too.
+    # Fewer seeds than the table's fullest cell (erm on a: 2) are counted, and one seed shows no
+    # ± (it has no spread); erm's Avg, from its one complete seed, is marked too.
     md = to_markdown(table)
-    assert "| probe | 50.0 ± 0.0 (n=1) | — | — |" in md
-    assert "| erm | 85.0 ± 5.0 | 60.0 ± 0.0 (n=1) | 70.0 ± 0.0 (n=1) |" in md
+    assert "| probe | 50.0 (n=1) | — | — |" in md
+    assert "| erm | 85.0 ± 5.0 | 60.0 (n=1) | 70.0 (n=1) |" in md
 
 
 def test_rows_without_the_metric_are_left_out_not_shown_as_nan():

@@ -55,7 +55,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _spread(values: list[float]) -> str:
     mean, std = mean_std(values)
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
 def chosen_standing(ranked: list[Standing], labels: dict[str, str]) -> Standing:

@@ -29,6 +29,9 @@ class Cell:
     def format(self, digits: int = 1) -> str:
         if not self.values:
             return "—"
+        if len(self.values) == 1:
+            # One seed has no spread to show; "± 0.0" would claim one.
+            return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
@@ -91,7 +94,7 @@ def to_markdown(table: Table, digits: int = 1) -> str:
     """The table in markdown, with the dataset name as a heading.
 
     A cell over fewer seeds than the table's fullest cell says how many ("(n=1)"): its ± is not
-    comparable to the others' (a one-seed row, such as a tuning-seed-only ablation, shows ± 0).
+    comparable to the others'. A one-seed cell, such as a tuning-seed-only ablation's, shows no ±.
     """
     header = ["Method", *table.domains, "Avg"]
     lines = [f"### {table.dataset}", "", "| " + " | ".join(header) + " |",
