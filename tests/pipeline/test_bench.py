@@ -1,6 +1,7 @@
 """`dgmerge bench pacs-cpu`: the shipped setting, input errors, and the CI-sized run on real PACS."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,8 @@ def test_quick_bench_rows_improve_on_the_probe_they_start_from(tmp_path):
     # The row source validation picks, against the target; the source-validation table beside it.
     assert "**Chosen on source validation:" in report and "Target ERM + 2.0: **" in report
     assert "## Source-validation accuracy (%)" in report
+    # Each ablation against the reference on the same seed (held-out / source-val differences).
+    assert re.search(r"\| w/o SAE \| [+-]\d+\.\d / [+-]\d+\.\d \|", report), report
     # Where the compute went, and the selection picture beside the report.
     assert "## Where the compute went" in report and "| **Total** |" in report
     assert (out / "selection.png").stat().st_size > 0

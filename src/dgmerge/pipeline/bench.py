@@ -30,6 +30,7 @@ from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, loa
                                          scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
+from dgmerge.reports.ablations import paired_markdown
 from dgmerge.reports.compute import compute_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
 from dgmerge.reports.selection import selection_markdown
@@ -314,6 +315,9 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         diagnostics_markdown(rows, MAIN_ROWS), "",
         "## HAM ablations", "",
         _table(rows, ABLATION_ROWS), "",
+        "Each ablation minus the reference, paired on the seeds both have (held-out / source val, "
+        "points; a one-seed ablation reads against the reference's same seed):", "",
+        paired_markdown(every, "ham:reference", _paired_labels(every)), "",
         "## HAM sensitivity (every tuning point and λ point, as measured)", "",
         _table(every, {r["method"]: r["method"] for r in every
                        if r["method"].startswith("ham:") and r["method"] not in ABLATION_ROWS}), "",
@@ -321,6 +325,17 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
         compute_markdown(every),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _paired_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ablation rows to pair with the reference: ABLATION_ROWS' ones, then the other HAM
+    variants that are not tuning points (e.g. λ 0.01, λ 10), under their method names."""
+    labels = {m: label for m, label in ABLATION_ROWS.items() if m not in ("ham", "ham:reference")}
+    for row in rows:
+        method = row["method"]
+        if method.startswith("ham:") and method not in ABLATION_ROWS and not (row.get("variant") or {}).get("tuning"):
+            labels.setdefault(method, method)
+    return labels
 
 
 def _table(rows: list[dict[str, Any]], labels: dict[str, str], metric: str = "test_acc") -> str:

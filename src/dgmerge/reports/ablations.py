@@ -7,7 +7,8 @@ the variants become separate rows of an ordinary results table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dgmerge.config import HamConfig
@@ -71,4 +72,59 @@ def ablation_markdown(rows: Iterable[dict[str, Any]], methods: Sequence[str] = (
     return "\n".join(to_markdown(t) for t in ablation_tables(rows, methods, metric))
 
 
-__all__ = ["ablation_markdown", "ablation_tables", "variant_label"]
+def _signed(value: float) -> str:
+    # round first so that -0.04 prints as +0.0, not -0.0
+    return f"{round(value, 1) + 0.0:+.1f}"
+
+
+def paired_markdown(rows: Iterable[dict[str, Any]], reference: str, labels: Mapping[str, str]) -> str:
+    """Each method of `labels` minus `reference`, paired on the (seed, held-out domain) cells both have.
+
+    A cell reads "Δ held-out / Δ source val" in points, the mean over the seeds both rows have
+    there, marked "(n=k)" when k is below the table's fullest cell. Why paired: an ablation run
+    on seed 0 only must be read against the reference's seed 0, not its 3-seed mean, whose seed
+    spread can exceed the ablation's effect. Avg: per seed, the mean difference over the domains,
+    over the seeds where both rows have every domain. The latest row per (method, seed, domain)
+    counts, as in the tables.
+    """
+    rows = list(rows)
+    acc: dict[tuple[str, Any, str], tuple[float, float]] = {}
+    for row in rows:
+        if row.get("method") in labels or row.get("method") == reference:
+            acc[(row["method"], row["seed"], row["test_domain"])] = (100.0 * float(row["test_acc"]),
+                                                                     100.0 * float(row["val_acc"]))
+    domains = sorted({domain for (_, _, domain) in acc})
+    ref = {(seed, domain): value for (method, seed, domain), value in acc.items() if method == reference}
+    body: list[tuple[str, list[tuple[list[float], list[float]]]]] = []
+    for method, label in labels.items():
+        if method == reference:
+            continue
+        cells = []
+        for domain in domains:
+            pairs = [(acc[(method, s, d)], ref[(s, d)]) for (m, s, d) in acc
+                     if m == method and d == domain and (s, d) in ref]
+            cells.append(([a[0] - b[0] for a, b in pairs], [a[1] - b[1] for a, b in pairs]))
+        seeds = {s for (m, s, _) in acc if m == method}
+        full = [s for s in sorted(seeds, key=str)
+                if all((method, s, d) in acc and (s, d) in ref for d in domains)]
+        cells.append(([statistics.fmean(acc[(method, s, d)][0] - ref[(s, d)][0] for d in domains) for s in full],
+                      [statistics.fmean(acc[(method, s, d)][1] - ref[(s, d)][1] for d in domains) for s in full]))
+        if any(test for test, _ in cells):
+            body.append((label, cells))
+    if not body:
+        return "(no rows pair with the reference yet)"
+    most = max(len(test) for _, cells in body for test, _ in cells)
+
+    def shown(test: list[float], val: list[float]) -> str:
+        if not test:
+            return "—"
+        few = f" (n={len(test)})" if len(test) < most else ""
+        return f"{_signed(statistics.fmean(test))} / {_signed(statistics.fmean(val))}{few}"
+
+    header = ["Method", *domains, "Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join([label, *(shown(t, v) for t, v in cells)]) + " |" for label, cells in body]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ablation_markdown", "ablation_tables", "paired_markdown", "variant_label"]
