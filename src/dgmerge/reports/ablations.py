@@ -87,7 +87,6 @@ def paired_markdown(rows: Iterable[dict[str, Any]], reference: str, labels: Mapp
     over the seeds where both rows have every domain. The latest row per (method, seed, domain)
     counts, as in the tables.
     """
-    rows = list(rows)
     acc: dict[tuple[str, Any, str], tuple[float, float]] = {}
     for row in rows:
         if row.get("method") in labels or row.get("method") == reference:
@@ -99,17 +98,15 @@ def paired_markdown(rows: Iterable[dict[str, Any]], reference: str, labels: Mapp
     for method, label in labels.items():
         if method == reference:
             continue
-        cells = []
-        for domain in domains:
-            pairs = [(acc[(method, s, d)], ref[(s, d)]) for (m, s, d) in acc
-                     if m == method and d == domain and (s, d) in ref]
-            cells.append(([a[0] - b[0] for a, b in pairs], [a[1] - b[1] for a, b in pairs]))
-        seeds = {s for (m, s, _) in acc if m == method}
-        full = [s for s in sorted(seeds, key=str)
-                if all((method, s, d) in acc and (s, d) in ref for d in domains)]
-        cells.append(([statistics.fmean(acc[(method, s, d)][0] - ref[(s, d)][0] for d in domains) for s in full],
-                      [statistics.fmean(acc[(method, s, d)][1] - ref[(s, d)][1] for d in domains) for s in full]))
-        if any(test for test, _ in cells):
+        # (seed, domain) -> (Δ held-out, Δ source val), on the cells the reference has too
+        diff = {(s, d): (value[0] - ref[(s, d)][0], value[1] - ref[(s, d)][1])
+                for (m, s, d), value in acc.items() if m == method and (s, d) in ref}
+        cells = [([t for (_, d), (t, _) in diff.items() if d == domain],
+                  [v for (_, d), (_, v) in diff.items() if d == domain]) for domain in domains]
+        full = sorted({s for s, _ in diff if all((s, d) in diff for d in domains)}, key=str)
+        cells.append(([statistics.fmean(diff[(s, d)][0] for d in domains) for s in full],
+                      [statistics.fmean(diff[(s, d)][1] for d in domains) for s in full]))
+        if diff:
             body.append((label, cells))
     if not body:
         return "(no rows pair with the reference yet)"

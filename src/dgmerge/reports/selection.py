@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from dgmerge.reports.table import build_tables
+from dgmerge.reports.table import Cell, build_tables
 
 Row = dict[str, Any]
 
@@ -54,8 +54,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _spread(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
+    # The tables' own cell format, so "mean ± std" (and one seed without ±) reads the same here.
+    return Cell(values).format(1)
 
 
 def chosen_standing(ranked: list[Standing], labels: dict[str, str]) -> Standing:
