@@ -23,15 +23,15 @@ def evaluate(
 ) -> None:
     """Accuracy of a saved model on every image of each domain of a dataset."""
     from dgmerge.evaluation.saved_models import score_model
+    from dgmerge.reports.markdown import markdown_table
 
     try:
         scores = score_model(model, data, domains, like=like, batch_size=batch_size, max_images=max_images,
                              device=device, precision=precision)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    typer.echo("| domain | images | accuracy |\n|---|---:|---:|")
-    for domain, (count, acc) in scores.items():
-        typer.echo(f"| {domain} | {count} | {100 * acc:.1f} |")
+    rows = [[domain, str(count), f"{100 * acc:.1f}"] for domain, (count, acc) in scores.items()]
+    typer.echo("\n".join(markdown_table(["domain", "images", "accuracy"], rows, "lrr")))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dgmerge.config import HamConfig
+from dgmerge.reports.markdown import markdown_table
 from dgmerge.reports.table import Table, build_tables, to_markdown
 
 # Module switches get the paper's "w/o X" wording; other settings are shown as key=value.
@@ -119,9 +120,8 @@ def paired_markdown(rows: Iterable[dict[str, Any]], reference: str, labels: Mapp
         return f"{_signed(statistics.fmean(test))} / {_signed(statistics.fmean(val))}{few}"
 
     header = ["Method", *domains, "Avg"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join([label, *(shown(t, v) for t, v in cells)]) + " |" for label, cells in body]
-    return "\n".join(lines) + "\n"
+    rows = [[label, *(shown(t, v) for t, v in cells)] for label, cells in body]
+    return "\n".join(markdown_table(header, rows, "l" + "c" * (len(header) - 1))) + "\n"
 
 
 __all__ = ["ablation_markdown", "ablation_tables", "paired_markdown", "variant_label"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from dgmerge.reports.markdown import markdown_table
+
 Row = dict[str, Any]
 
 # Display names, in the order of the table.
@@ -67,8 +69,7 @@ def compute_markdown(rows: list[Row]) -> str:
     total = sum(seconds.values())
     if total <= 0:
         return "(no rows with wall times yet)"
-    lines = ["| What | worker-hours | share |", "|---|---:|---:|"]
-    for group, value in sorted(seconds.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {GROUPS.get(group, group)} | {value / 3600:.2f} | {100 * value / total:.1f} % |")
-    lines.append(f"| **Total** | **{total / 3600:.2f}** | 100 % |")
-    return "\n".join(lines)
+    rows = [[GROUPS.get(group, group), f"{value / 3600:.2f}", f"{100 * value / total:.1f} %"]
+            for group, value in sorted(seconds.items(), key=lambda kv: -kv[1])]
+    rows.append(["**Total**", f"**{total / 3600:.2f}**", "100 %"])
+    return "\n".join(markdown_table(["What", "worker-hours", "share"], rows, "lrr"))

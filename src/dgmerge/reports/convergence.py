@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dgmerge.reports.markdown import markdown_table
 from dgmerge.reports.figures import pyplot, save_figure
 
 # Row method -> label, for the methods a convergence study trains.
@@ -67,13 +68,13 @@ def budget_markdown(table: dict[str, dict[int, dict[str, float]]]) -> str:
     methods = [m for m in LABELS if m in table]
     budgets = sorted({b for m in methods for b in table[m]})
     head = ["steps"] + [f"{LABELS[m]} source val" for m in methods] + [f"{LABELS[m]} held-out (info only)" for m in methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    rows = []
     for b in budgets:
         cells = [str(b)]
         cells += [f"{table[m][b]['val']:.1f} ± {table[m][b]['val_std']:.1f}" if b in table[m] else "–" for m in methods]
         cells += [f"{table[m][b]['test']:.1f}" if b in table[m] else "–" for m in methods]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return "\n".join(markdown_table(head, rows, "r" * len(head)))
 
 
 def plot_budgets(table: dict[str, dict[int, dict[str, float]]], out: Path, title: str, force: bool = True) -> Path:

@@ -10,6 +10,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Callable
 
+from dgmerge.reports.markdown import markdown_table
+
 Row = dict[str, Any]
 
 
@@ -27,13 +29,13 @@ def diagnostics_markdown(rows: list[Row], labels: dict[str, str]) -> str:
     method's update norm (`single_source_mean`: over every source model), then HAM's samples
     borrowed per step and final sign-conflict rate. "(no rows with diagnostics yet)" if none."""
     domains = sorted({r["test_domain"] for r in rows})
-    lines: list[str] = []
+    lines: list[list[str]] = []
 
     def add(name: str, values: dict[str, list[float]], fmt: str) -> None:
         means = {d: statistics.fmean(values[d]) for d in domains if values.get(d)}
         if means:
             cells = [format(means[d], fmt) if d in means else "–" for d in domains]
-            lines.append(f"| {name} | {' | '.join(cells)} | {format(statistics.fmean(means.values()), fmt)} |")
+            lines.append([name, *cells, format(statistics.fmean(means.values()), fmt)])
 
     for method, label in labels.items():
         if method == "single_source_mean":
@@ -46,5 +48,4 @@ def diagnostics_markdown(rows: list[Row], labels: dict[str, str]) -> str:
     add("HAM: final sign-conflict rate", _by_domain(rows, "final_sign_conflict", is_ham), ".3f")
     if not lines:
         return "(no rows with diagnostics yet)"
-    header = [f"| | {' | '.join(domains)} | Avg |", "|---|" + "---:|" * (len(domains) + 1)]
-    return "\n".join(header + lines)
+    return "\n".join(markdown_table(["", *domains, "Avg"], lines, "l" + "r" * (len(domains) + 1)))

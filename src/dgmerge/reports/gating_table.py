@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from dgmerge.reports.markdown import markdown_table
+
 
 def render_gating_dg(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
     """Markdown over the rows of the `gating` experiment method, mean over seeds (± std when several)."""
@@ -23,8 +25,7 @@ def render_gating_dg(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
         if row.get("params") is not None:
             cost[label] = (row["params"] / 1e6, row["flops"] / 1e9)
     present = [d for d in domains if any((m, d) in cells for m in order)]
-    lines = ["| Method | Params (M) | FLOPs (G) | " + " | ".join(present) + " | Avg |",
-             "|---|---:|---:|" + "---:|" * (len(present) + 1)]
+    body = []
     for label in order:
         means = [statistics.fmean(cells[(label, d)]) if (label, d) in cells else float("nan") for d in present]
         params, flops = cost.get(label, (float("nan"), float("nan")))
@@ -34,6 +35,7 @@ def render_gating_dg(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
             cell = f"{statistics.fmean(values):.1f}" if values else "–"
             text.append(cell + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""))
         avg = f"{statistics.fmean(means):.1f}" if not any(math.isnan(m) for m in means) else "–"
-        cost_text = "– | –" if math.isnan(params) else f"{params:.2f} | {flops:.3f}"
-        lines.append(f"| {label} | {cost_text} | " + " | ".join(text) + f" | {avg} |")
-    return "\n".join(lines) + "\n"
+        cost_text = ["–", "–"] if math.isnan(params) else [f"{params:.2f}", f"{flops:.3f}"]
+        body.append([label, *cost_text, *text, avg])
+    header = ["Method", "Params (M)", "FLOPs (G)", *present, "Avg"]
+    return "\n".join(markdown_table(header, body, "l" + "r" * (len(header) - 1))) + "\n"

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from dgmerge.reports.markdown import markdown_table
 from dgmerge.reports.table import Cell, build_tables
 
 Row = dict[str, Any]
@@ -99,10 +100,10 @@ def selection_markdown(rows: list[Row], labels: dict[str, str], baseline: str = 
     lines = [
         f"Over seed(s) {', '.join(map(str, seeds))} (every held-out domain; Avg = mean over held-out domains, "
         "then mean ± std over seeds):", "",
-        "| Method | source validation Avg | held-out Avg | held-out − " + name + " (paired) |",
-        "|---|:---:|:---:|:---:|",
-        *(f"| {labels[s.method]}{' **(chosen)**' if s is chosen else ''} | {_spread(s.val)} | "
-          f"{_spread(s.test)} | {_spread(gain(s))} |" for s in ranked),
+        *markdown_table(
+            ["Method", "source validation Avg", "held-out Avg", f"held-out − {name} (paired)"],
+            [[labels[s.method] + (" **(chosen)**" if s is chosen else ""), _spread(s.val), _spread(s.test),
+              _spread(gain(s))] for s in ranked], "lccc"),
         "",
         f"- **Chosen on source validation: {labels[chosen.method]}** (source val {_spread(chosen.val)}); "
         f"held-out Avg {_spread(chosen.test)} against {name} {_spread(base.test)}: "

@@ -10,6 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from dgmerge.reports.markdown import markdown_table
+
 
 @dataclass
 class Cell:
@@ -97,8 +99,6 @@ def to_markdown(table: Table, digits: int = 1) -> str:
     comparable to the others'. A one-seed cell, such as a tuning-seed-only ablation's, shows no ±.
     """
     header = ["Method", *table.domains, "Avg"]
-    lines = [f"### {table.dataset}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
     columns = [[table.cells[m][d] for d in table.domains] + [table.avg[m]] for m in table.methods]
     most = max((len(cell.values) for row in columns for cell in row), default=0)
 
@@ -106,8 +106,8 @@ def to_markdown(table: Table, digits: int = 1) -> str:
         few = cell.values and len(cell.values) < most
         return cell.format(digits) + (f" (n={len(cell.values)})" if few else "")
 
-    for method, row in zip(table.methods, columns):
-        lines.append("| " + " | ".join([method, *map(shown, row)]) + " |")
+    body = [[method, *map(shown, row)] for method, row in zip(table.methods, columns)]
+    lines = [f"### {table.dataset}", "", *markdown_table(header, body, "l" + "c" * (len(header) - 1))]
     return "\n".join(lines) + "\n"
 
 
