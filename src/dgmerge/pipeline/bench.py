@@ -179,18 +179,19 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
             cfg = _prepare(one, log)
             run_experiment(cfg, log=log, cells=one.cells)
     wall = time.perf_counter() - start
-    report = bench_report(cfg, opts.part, wall)
+    every = experiment_rows(cfg)
+    report = bench_report(cfg, opts.part, wall, every)
     write_text_atomic(cfg.output_dir / "bench-report.md", report)
-    _selection_figure(cfg, log)
+    _selection_figure(cfg, every, log)
     return report
 
 
-def _selection_figure(cfg: ExperimentConfig, log: Log) -> None:
+def _selection_figure(cfg: ExperimentConfig, every: list[dict[str, Any]], log: Log) -> None:
     """selection.png beside the report: source-validation Avg against held-out Avg per method.
     Regenerated with the report; a run too partial to plot keeps the report and says why."""
     out = cfg.output_dir / "selection.png"
     try:
-        selection_figure(select_by_validation(experiment_rows(cfg)), MAIN_ROWS, out, force=True,
+        selection_figure(select_by_validation(every), MAIN_ROWS, out, force=True,
                          title=f"{cfg.data.dataset}: source validation chooses, held-out is information only")
     except (ValueError, ImportError) as exc:
         log(f"no {out.name}: {exc}")
@@ -287,9 +288,11 @@ def trainable_part(cfg: ExperimentConfig) -> str:
     return f"{', '.join(modules)}; {count / 1e6:.2f}M parameters"
 
 
-def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float) -> str:
-    """Markdown: the setting, the main and ablation tables (mean ± std over seeds), and where the compute went."""
-    every = experiment_rows(cfg)
+def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float,
+                 every: list[dict[str, Any]] | None = None) -> str:
+    """Markdown: the setting, the main and ablation tables (mean ± std over seeds), and where the
+    compute went. `every` is the experiment's rows, read from its results if not given."""
+    every = experiment_rows(cfg) if every is None else every
     # HAM's row is its tuning point with the best source-validation accuracy, per cell; the
     # sensitivity table shows every point as measured.
     rows = select_by_validation(every)
