@@ -174,29 +174,44 @@ def test_quick_bench_runs_on_a_dataset_nobody_tuned_for(tmp_path):
     assert "Over seed(s) 0 (every held-out domain" in report and "**Chosen on source validation:" in report
 
 
-def test_workers_get_whole_domains_when_later_seeds_reuse_seed_0s_tuning(tmp_path, monkeypatch):
-    """Seeds 1-2 of a held-out domain need seed 0's HAM rows for it, so one worker runs all three;
-    the argv each worker gets names exactly its cells and carries the overrides."""
+def test_workers_take_every_unfinished_unit_from_one_queue_main_first(tmp_path, monkeypatch):
+    """The queue holds each (part, cell) with something left to run, main cells first. A cell's
+    ablations need its main part, and later seeds need seed 0 (when they reuse its HAM tuning)
+    through the same part; each unit's command names exactly its cell, part and overrides."""
     from dgmerge.pipeline import bench
+    from dgmerge.pipeline.experiment import CellStatus
 
     root, weights = fake_inputs(tmp_path)
-    sizes = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
-    cells = [(s, d) for s in (0, 1, 2) for d in sizes]
-    monkeypatch.setattr(bench, "experiment_cells", lambda cfg: (cells, sizes))
+    cells = [(s, d) for s in (0, 1) for d in ("photo", "sketch")]
+
+    def status(cfg):  # seed 1 sketch's main part finished in an earlier run
+        done = {(1, "sketch")} if cfg.ham_variant_runs == "reuse" else set()
+        return [CellStatus(s, d, 0, [] if (s, d) in done else ["erm"]) for s, d in cells]
+
+    monkeypatch.setattr(bench, "experiment_status", status)
     monkeypatch.setattr(bench, "warm_feature_cache", lambda cfg, cell, log: None)
     started = {}
-    monkeypatch.setattr(bench, "run_workers",
-                        lambda groups, argv, log_dir, log: started.update(groups=groups, argv=[argv(g) for g in groups]))
-    for tuning, together in (([0], True), (None, False)):
-        opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out",
+    monkeypatch.setattr(bench, "run_queue", lambda units, needs, command, log_dir, jobs, log:
+                        started.update(units=units, needs=needs, command=command, jobs=jobs))
+    for tuning in ([0], None):
+        opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out", part="main+ablations",
                             overrides={"ham_tuning_seeds": tuning})
-        bench._run_in_workers(opts, pacs_cpu_config(opts), 2, log=lambda _: None)
-        domains = [[d for _, d in group] for group in started["groups"]]
-        assert all(len(set(ds)) * 3 == len(ds) for ds in domains) is together
-        assert sorted(c for g in started["groups"] for c in g) == sorted(cells)
-        argv = started["argv"][0]
-        assert argv[argv.index("--cells") + 1] == ",".join(f"{s}:{d}" for s, d in started["groups"][0])
-        assert f"ham_tuning_seeds={json.dumps(tuning)}" in argv
+        bench._run_in_workers(opts, pacs_cpu_config(bench.parts(opts)[0]), 2, log=lambda _: None)
+        units, needs = started["units"], started["needs"]
+        assert units == [("main", c) for c in cells if c != (1, "sketch")] + [("ablations", c) for c in cells]
+        assert started["jobs"] == 2 and needs(("main", (0, "photo"))) == set()
+        assert needs(("ablations", (0, "photo"))) == {("main", (0, "photo"))}
+        if tuning:
+            assert needs(("main", (1, "photo"))) == {("main", (0, "photo"))}
+            assert needs(("ablations", (1, "sketch"))) == {("main", (1, "sketch")), ("main", (0, "sketch")),
+                                                          ("ablations", (0, "sketch"))}
+        else:
+            assert needs(("main", (1, "photo"))) == set()
+            assert needs(("ablations", (1, "sketch"))) == {("main", (1, "sketch"))}
+        command = started["command"](("ablations", (1, "sketch")))
+        assert command[command.index("--cells") + 1] == "1:sketch" and command[-1] == "--ablations"
+        assert f"ham_tuning_seeds={json.dumps(tuning)}" in command
+        assert started["command"](("main", (0, "photo")))[-1] == "--main-only"
 
 
 def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
@@ -226,18 +241,20 @@ def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
 
 def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatch):
     """The default is both parts, main first (so the main table is complete first), and one
-    report over every row at the end. With workers, each one runs both parts on its share (no
-    barrier between the parts that would leave a core idle while the slowest worker finishes)."""
+    report over every row at the end. With workers, one queue holds both parts' cells."""
     from dgmerge.pipeline import bench
+    from dgmerge.pipeline.experiment import CellStatus
 
     root, weights = fake_inputs(tmp_path)
     ran, argvs = [], []
-    monkeypatch.setattr(bench, "experiment_cells", lambda cfg: ([(0, "photo"), (0, "sketch")], {"photo": 1, "sketch": 1}))
+    monkeypatch.setattr(bench, "experiment_status",
+                        lambda cfg: [CellStatus(0, d, 0, ["erm"]) for d in ("photo", "sketch")])
     monkeypatch.setattr(bench, "warm_feature_cache", lambda cfg, cell, log: None)
-    monkeypatch.setattr(bench, "run_workers", lambda groups, argv, log_dir, log: argvs.append(argv(groups[0])))
+    monkeypatch.setattr(bench, "run_queue", lambda units, needs, command, log_dir, jobs, log:
+                        argvs.append([command(u) for u in units]))
     monkeypatch.setattr(bench, "run_experiment", lambda cfg, log, cells: ran.append((cfg.methods, cfg.ham_variant_runs)))
     reports = []
-    monkeypatch.setattr(bench, "bench_report", lambda cfg, part, wall: reports.append(part) or "report")
+    monkeypatch.setattr(bench, "bench_report", lambda cfg, part, wall, every: reports.append(part) or "report")
     opts = BenchOptions(data_root=root, weights=weights, out=tmp_path / "out", part="main+ablations")
     assert [o.part for o in bench.parts(opts)] == ["main", "ablations"]
     assert [o.part for o in bench.parts(BenchOptions(part="main+ablations", quick=True))] == ["all"]
@@ -246,14 +263,16 @@ def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatc
     assert ran[0][1] == "reuse" and "erm" in ran[0][0] and ran[1] == (["ham_variants"], "train")
     assert reports == ["main+ablations"] and (tmp_path / "out" / "bench-report.md").read_text() == "report"
     bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2}), log=lambda _: None)
-    assert len(argvs) == 1 and not {"--main-only", "--ablations"} & set(argvs[0])
+    # One queue: every main cell, then every ablation cell, each its own worker command.
+    assert [(c[c.index("--cells") + 1], c[-1]) for c in argvs[0]] == [
+        ("0:photo", "--main-only"), ("0:sketch", "--main-only"), ("0:photo", "--ablations"), ("0:sketch", "--ablations")]
     # The worker's own command: both parts on its cells, main first, in the same process.
     ran.clear()
     bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2, "cells": {(0, "photo")}}), log=lambda _: None)
     assert [r[1] for r in ran] == ["reuse", "train"]
     argvs.clear()
     bench.run_pacs_cpu(BenchOptions(**{**opts.__dict__, "jobs": 2, "part": "ablations"}), log=lambda _: None)
-    assert argvs[0][-1] == "--ablations"
+    assert all(c[-1] == "--ablations" for c in argvs[0])
     with pytest.raises(ValueError, match="two runs"):
         pacs_cpu_config(opts)
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--ablations", "--main-only", "--out", str(tmp_path / "o")])

@@ -1,25 +1,83 @@
-"""Splitting an experiment's cells over worker processes."""
+"""Running an experiment's (part, cell) units from a queue of worker processes."""
+
+import sys
 
 import pytest
 
-from dgmerge.pipeline.parallel import format_cells, parse_cells, plan_workers
+from dgmerge.pipeline.parallel import format_cells, parse_cells, run_queue
 
-SIZES = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
+# Each unit's process appends "start <label>" and "end <label>" to one events file; the events'
+# order shows what ran when without timing anything.
+SCRIPT = """
+import sys, time
+events, label, seconds, code = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+open(events, "a").write(f"start {label}\\n")
+time.sleep(seconds)
+open(events, "a").write(f"end {label}\\n")
+sys.exit(code)
+"""
 
 
-def test_plan_balances_cost_and_keeps_every_cell_once():
-    cells = [(s, d) for s in (0, 1, 2) for d in SIZES]
-    groups = plan_workers(cells, lambda c: SIZES[c[1]], 2)
-    assert sorted(c for g in groups for c in g) == sorted(cells)
-    loads = [sum(SIZES[d] for _, d in g) for g in groups]
-    # Greedy longest-first on these sizes: 3×3929, 3×2344, ... → loads within one cell of each other.
-    assert abs(loads[0] - loads[1]) <= max(SIZES.values())
-    # By hand: 4 cells of cost 4, 3, 2, 1 over 2 workers → {4, 1} and {3, 2}.
-    by_hand = plan_workers([(0, "a"), (0, "b"), (0, "c"), (0, "d")], lambda c: {"a": 4, "b": 3, "c": 2, "d": 1}[c[1]], 2)
-    assert by_hand == [[(0, "a"), (0, "d")], [(0, "b"), (0, "c")]]
-    assert plan_workers([(0, "a")], lambda c: 1.0, 4) == [[(0, "a")]]
-    with pytest.raises(ValueError):
-        plan_workers([(0, "a")], lambda c: 1.0, 0)
+def _command(events, seconds=0.6, fail=()):
+    def command(unit):
+        label = f"{unit[0]}-{unit[1][0]}:{unit[1][1]}"
+        return [sys.executable, "-c", SCRIPT, str(events), label, str(seconds), "1" if unit in fail else "0"]
+    return command
+
+
+def _run(tmp_path, units, needs, jobs, **kwargs):
+    events = tmp_path / "events.txt"
+    events.touch()
+    logs = []
+    try:
+        run_queue(units, needs, _command(events, **kwargs), tmp_path / "logs", jobs, logs.append, poll_s=0.05)
+    finally:
+        order = events.read_text().split("\n")[:-1]
+    return order, logs
+
+
+def test_a_unit_starts_only_after_what_it_needs_and_jobs_bound_the_parallelism(tmp_path):
+    a, b, c = ("main", (0, "x")), ("main", (1, "x")), ("main", (0, "y"))
+    order, logs = _run(tmp_path, [a, b, c], lambda u: {a} if u == b else set(), jobs=2)
+    # a and c start together (two slots); b, which needs a, only after a ended.
+    assert order.index("start main-1:x") > order.index("end main-0:x")
+    assert order.index("start main-0:y") < order.index("end main-0:x")
+    running = peak = 0
+    for event in order:
+        running += 1 if event.startswith("start") else -1
+        peak = max(peak, running)
+    assert peak == 2 and len(order) == 6
+    assert (tmp_path / "logs" / "worker0.log").exists() and "worker 1: main 0:y (" in logs[1]
+
+
+def test_one_job_runs_the_units_in_the_order_given(tmp_path):
+    units = [("main", (0, "x")), ("main", (0, "y")), ("ablations", (0, "x"))]
+    order, _ = _run(tmp_path, units, lambda u: set(), jobs=1, seconds=0.0)
+    assert order == ["start main-0:x", "end main-0:x", "start main-0:y", "end main-0:y",
+                     "start ablations-0:x", "end ablations-0:x"]
+
+
+def test_a_need_outside_the_queue_counts_as_done(tmp_path):
+    # The main part of this cell finished in an earlier run: its ablations start at once.
+    unit = ("ablations", (0, "x"))
+    order, _ = _run(tmp_path, [unit], lambda u: {("main", (0, "x"))}, jobs=2, seconds=0.0)
+    assert order == ["start ablations-0:x", "end ablations-0:x"]
+
+
+def test_a_failed_unit_holds_back_what_needs_it_but_not_the_rest(tmp_path):
+    a, b, c = ("main", (0, "x")), ("ablations", (0, "x")), ("main", (0, "y"))
+    with pytest.raises(RuntimeError, match=r"main 0:x \(.*worker0\.log\)"):
+        _run(tmp_path, [a, b, c], lambda u: {a} if u == b else set(), jobs=1, seconds=0.0, fail={a})
+    order = (tmp_path / "events.txt").read_text().split("\n")[:-1]
+    assert order == ["start main-0:x", "end main-0:x", "start main-0:y", "end main-0:y"]
+
+
+def test_needs_that_never_run_are_an_error_not_a_hang(tmp_path):
+    a, b = ("main", (0, "x")), ("main", (1, "x"))
+    with pytest.raises(RuntimeError, match="never run"):
+        _run(tmp_path, [a, b], lambda u: {b} if u == a else {a}, jobs=2)
+    with pytest.raises(ValueError, match="jobs"):
+        _run(tmp_path, [a], lambda u: set(), jobs=0)
 
 
 def test_cells_round_trip_and_errors():
@@ -28,12 +86,3 @@ def test_cells_round_trip_and_errors():
     for bad in ("photo", "x:photo", "1:"):
         with pytest.raises(ValueError, match="--cells"):
             parse_cells(bad)
-
-
-def test_cells_kept_together_share_one_worker():
-    cells = [(s, d) for s in (0, 1, 2) for d in SIZES]
-    groups = plan_workers(cells, lambda c: SIZES[c[1]], 2, together=lambda c: c[1])
-    # Each domain's three seeds in one group; by hand: units 3×3929, 3×2344, 3×2048, 3×1670 →
-    # {sketch, photo} (17,697) and {cartoon, art_painting} (13,176).
-    assert [sorted({d for _, d in g}) for g in groups] == [["photo", "sketch"], ["art_painting", "cartoon"]]
-    assert sorted(c for g in groups for c in g) == sorted(cells)

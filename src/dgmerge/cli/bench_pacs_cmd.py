@@ -30,8 +30,8 @@ def pacs_cpu(
                                              "(default <out>/feature_cache)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized: one seed, photo held out, 60 images per "
                                "domain, 6 steps — checks the pipeline, not the numbers."),
-    jobs: int = typer.Option(0, "--jobs", min=0, help="Worker processes, each training its share of the "
-                             "(seed, test domain) cells on cores/jobs threads; 0 = one per CPU core."),
+    jobs: int = typer.Option(0, "--jobs", min=0, help="Worker processes, each taking the next (seed, test "
+                             "domain) cell from one queue, on cores/jobs threads; 0 = one per CPU core."),
     cells: Optional[str] = typer.Option(None, "--cells", hidden=True, help="SEED:DOMAIN,... (set by --jobs "
                                         "for its workers)."),
     force: bool = typer.Option(False, "--force", help="Discard earlier results in --out instead of resuming."),

@@ -13,11 +13,12 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -29,7 +30,7 @@ from dgmerge.models.entries import find_pretrained
 from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, load_experiment, run_experiment,
                                          scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
-from dgmerge.pipeline.parallel import experiment_cells, format_cells, plan_workers, run_workers, warm_feature_cache
+from dgmerge.pipeline.parallel import Unit, format_cells, run_queue, warm_feature_cache
 from dgmerge.reports.ablations import paired_markdown
 from dgmerge.reports.compute import compute_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
@@ -169,9 +170,8 @@ def run_pacs_cpu(opts: BenchOptions, log: Log = print) -> str:
     start = time.perf_counter()
     jobs = opts.jobs or (os.cpu_count() or 1)
     if jobs > 1 and opts.cells is None:
-        # Each worker runs every part on its own share, main first: the main table is complete
-        # as soon as it would be behind a barrier, and a worker whose main cells finish early
-        # goes on to its ablations instead of leaving its core idle until the slowest one is done.
+        # One queue over every (part, cell), main first: the main table is complete first, and a
+        # worker that finishes takes the next ready unit, so no core idles behind a fixed split.
         cfg = _prepare(parts(opts)[0], log)
         _run_in_workers(opts, cfg, jobs, log)
     else:
@@ -230,29 +230,44 @@ def bench_status(opts: BenchOptions, now: float | None = None) -> str:
 
 
 def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: Log) -> None:
-    """Split the cells over `jobs` workers, each running this command on its share."""
-    cells, sizes = experiment_cells(cfg)
-    # Cost ≈ images scored per cell (the held-out domain is scored by every method) + training.
-    # Seeds that reuse HAM's tuning need their domain's tuning seeds first: one worker per domain.
-    by_domain = (lambda cell: cell[1]) if cfg.ham_tuning_seeds is not None else None
-    groups = plan_workers(cells, lambda cell: sizes[cell[1]] + 2000, jobs, together=by_domain)
-    warm_feature_cache(cfg, cells[0], log)
+    """Run every unfinished (part, cell) as this command on that one cell, `jobs` at a time, from
+    a queue: main cells first, so the main table is complete first, then the ablations."""
+    names = [one.part for one in parts(opts)]
+    units = [(one.part, (c.seed, c.name)) for one in parts(opts) for c in experiment_status(pacs_cpu_config(one))
+             if c.todo]
+    if not units:
+        log("every cell is already in results.jsonl")
+        return
+    tuning = cfg.ham_tuning_seeds
 
-    def argv(share: Sequence[tuple[int, str]]) -> list[str]:
-        args = ["bench", "pacs-cpu", "--out", str(cfg.output_dir), "--data-root", str(cfg.data.root),
-                "--dataset", cfg.data.dataset,
+    def needs(unit: Unit) -> set[Unit]:
+        # A cell's ablations reuse its main part's models; a seed that reuses HAM's tuning needs
+        # its held-out domain's tuning seeds through the same part.
+        part, (seed, name) = unit
+        upto = names[:names.index(part) + 1]
+        out = {(p, (seed, name)) for p in upto if p != part}
+        if tuning is not None and seed not in tuning:
+            out |= {(p, (t, name)) for p in upto for t in tuning}
+        return out
+
+    warm_feature_cache(cfg, units[0][1], log)
+
+    def command(unit: Unit) -> list[str]:
+        part, cell = unit
+        args = [sys.executable, "-m", "dgmerge.cli.main", "bench", "pacs-cpu", "--out", str(cfg.output_dir),
+                "--data-root", str(cfg.data.root), "--dataset", cfg.data.dataset,
                 "--weights", str(cfg.backbone.checkpoint), "--cache-dir", str(cfg.train.feature_cache_dir),
-                "--cells", format_cells(share)]
+                "--cells", format_cells([cell])]
         args += ["--steps", str(opts.steps)] if opts.steps else []
         args += ["--device", cfg.train.device]
         # The workers rebuild this config: every override travels with them, as YAML-readable JSON.
         for key, value in opts.overrides.items():
             if key != "train.device":
                 args += ["--set", f"{key}={json.dumps(value)}"]
-        args += {"ablations": ["--ablations"], "main": ["--main-only"]}.get(opts.part, [])
+        args += {"ablations": ["--ablations"], "main": ["--main-only"]}.get(part, [])
         return args + (["--quick"] if opts.quick else [])
 
-    run_workers(groups, argv, cfg.output_dir / "logs", log)
+    run_queue(units, needs, command, cfg.output_dir / "logs", jobs, log)
 
 
 def setting_line(cfg: ExperimentConfig) -> str:

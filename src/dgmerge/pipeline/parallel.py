@@ -10,48 +10,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from dgmerge.config import ExperimentConfig
 from dgmerge.data.imagefolder import scan_domains
 from dgmerge.methods import build_cell
-from dgmerge.pipeline.experiment import experiment_key, planned_cells
+from dgmerge.pipeline.experiment import experiment_key
 
 Cell = tuple[int, str]
+Unit = tuple[str, Cell]  # (the part that runs, e.g. "main" or "ablations"; its cell)
 Log = Callable[[str], None]
-
-
-def plan_workers(cells: Sequence[Cell], cost: Callable[[Cell], float], jobs: int,
-                 together: Callable[[Cell], Hashable] | None = None) -> list[list[Cell]]:
-    """Split cells into `jobs` groups of similar total cost (longest first, to the lightest group).
-
-    Cells with the same `together(cell)` go to one group (a held-out domain's seeds, when the
-    later seeds need the earlier ones' rows). Empty groups are dropped, so fewer cells than
-    jobs gives one group per cell.
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
-    units: dict[Hashable, list[Cell]] = {}
-    for cell in cells:
-        units.setdefault(together(cell) if together else cell, []).append(cell)
-    groups: list[list[Cell]] = [[] for _ in range(jobs)]
-    loads = [0.0] * jobs
-    costed = [(sum(map(cost, unit)), unit) for unit in units.values()]
-    for unit_cost, unit in sorted(costed, key=lambda cu: (-cu[0], sorted(cu[1]))):
-        lightest = loads.index(min(loads))
-        groups[lightest] += unit
-        loads[lightest] += unit_cost
-    return [sorted(group) for group in groups if group]
-
-
-def experiment_cells(cfg: ExperimentConfig) -> tuple[list[Cell], dict[str, int]]:
-    """Every (seed, test domain) cell of `cfg`, as the loop runs them, and each domain's image count (its cost proxy)."""
-    index = scan_domains(cfg.data.root / cfg.data.dataset)
-    sizes = {d: len(index.samples[d]) for d in index.domains}
-    return [(seed, name) for seed, name, _ in planned_cells(cfg, index, experiment_key(cfg))], sizes
 
 
 def warm_feature_cache(cfg: ExperimentConfig, cell: Cell, log: Log) -> None:
@@ -63,35 +33,69 @@ def warm_feature_cache(cfg: ExperimentConfig, cell: Cell, log: Log) -> None:
     build_cell(cfg, index, cell[1], cell[0], experiment_key(cfg))
 
 
-def run_workers(groups: Sequence[Sequence[Cell]], argv: Callable[[Sequence[Cell]], list[str]], log_dir: Path,
-                log: Log, threads: int | None = None) -> None:
-    """Start one `python -m dgmerge.cli.main <argv(cells)>` per group, wait for all of them.
+def run_queue(units: Sequence[Unit], needs: Callable[[Unit], Iterable[Unit]],
+              command: Callable[[Unit], list[str]], log_dir: Path, jobs: int, log: Log,
+              threads: int | None = None, poll_s: float = 2.0) -> None:
+    """Run each unit as its own process, at most `jobs` at once, in the order given.
 
-    Each worker gets OMP/MKL thread counts of cores // workers and its own log file. Raises
-    RuntimeError naming the failed workers' logs (the others run to the end: their rows count).
+    A unit starts as soon as a worker slot is free and every unit it `needs` that is in `units`
+    has finished; a need outside `units` counts as done (it finished in an earlier run). A fixed
+    split of the cells between workers leaves a core idle once the lighter share is done, and how
+    much work a cell has left depends on what earlier runs finished; a queue needs neither guess.
+    Slot i appends to worker{i}.log and gets OMP/MKL thread counts of cores // jobs. A failed unit
+    does not stop the others, but the units that need it do not start; at the end RuntimeError
+    names the failed units' logs.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     log_dir.mkdir(parents=True, exist_ok=True)
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, len(groups)))
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    running = []
-    for i, cells in enumerate(groups):
-        path = log_dir / f"worker{i}.log"
-        handle = open(path, "a", encoding="utf-8")
-        command = [sys.executable, "-m", "dgmerge.cli.main", *argv(cells)]
-        log(f"worker {i}: {format_cells(cells)} ({threads} thread(s)) → {path}")
-        running.append((i, path, handle, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                                          env=env)))
-    failed = []
-    start = time.perf_counter()
-    for i, path, handle, process in running:
-        code = process.wait()
-        handle.close()
-        log(f"worker {i} finished ({'ok' if code == 0 else f'exit {code}'}) after "
-            f"{(time.perf_counter() - start) / 60:.1f} min")
-        if code != 0:
-            failed.append(str(path))
+    pending, planned = list(units), set(units)
+    done: set[Unit] = set()
+    dropped: set[Unit] = set()  # failed, or needing a unit that did not finish
+    failed: list[str] = []
+    running: dict[int, tuple[Unit, subprocess.Popen, Any, float]] = {}
+    while pending or running:
+        for slot, (unit, process, handle, started) in list(running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            handle.close()
+            del running[slot]
+            log(f"worker {slot}: {unit_label(unit)} {'finished' if code == 0 else f'failed (exit {code})'} "
+                f"after {(time.perf_counter() - started) / 60:.1f} min")
+            if code == 0:
+                done.add(unit)
+            else:
+                dropped.add(unit)
+                failed.append(f"{unit_label(unit)} ({log_dir / f'worker{slot}.log'})")
+        for unit in [u for u in pending if any(n in dropped for n in needs(u))]:
+            pending.remove(unit)
+            dropped.add(unit)
+            log(f"not starting {unit_label(unit)}: a unit it needs failed")
+        for slot in (i for i in range(jobs) if i not in running):
+            ready = next((u for u in pending if all(n in done or n not in planned for n in needs(u))), None)
+            if ready is None:
+                break
+            pending.remove(ready)
+            path = log_dir / f"worker{slot}.log"
+            handle = open(path, "a", encoding="utf-8")
+            log(f"worker {slot}: {unit_label(ready)} ({threads} thread(s)) → {path}")
+            process = subprocess.Popen(command(ready), stdout=handle, stderr=subprocess.STDOUT, env=env)
+            running[slot] = (ready, process, handle, time.perf_counter())
+        if pending and not running:
+            raise RuntimeError(f"units {[unit_label(u) for u in pending]} need units that never run")
+        if running:
+            time.sleep(poll_s)
     if failed:
-        raise RuntimeError(f"worker(s) failed; see {', '.join(failed)} (rerun to resume)")
+        raise RuntimeError(f"worker(s) failed: {'; '.join(failed)} (rerun to resume)")
+
+
+def unit_label(unit: Unit) -> str:
+    """"main 0:photo": a unit as the logs name it."""
+    part, (seed, name) = unit
+    return f"{part} {seed}:{name}"
 
 
 def format_cells(cells: Sequence[Cell]) -> str:
