@@ -80,6 +80,36 @@ def test_needs_that_never_run_are_an_error_not_a_hang(tmp_path):
         _run(tmp_path, [a], lambda u: set(), jobs=0)
 
 
+def test_a_stopped_parent_stops_its_workers(tmp_path):
+    """SIGTERM to the parent, once its worker is up, ends the run with SystemExit and terminates
+    the worker, which would otherwise live on; the caller's SIGTERM handler is restored."""
+    import os
+    import signal
+    import threading
+    import time
+
+    events = tmp_path / "events.txt"
+    script = "import os, sys, time; open(sys.argv[1], 'a').write(f'{os.getpid()}\\n'); time.sleep(60)"
+
+    def stop_when_the_worker_is_up():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (events.exists() and events.read_text().strip()):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_when_the_worker_is_up, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(SystemExit):
+        run_queue([("main", (0, "x"))], lambda u: set(), lambda u: [sys.executable, "-c", script, str(events)],
+                  tmp_path / "logs", 1, lambda _: None, poll_s=0.05)
+    assert time.monotonic() - started < 30  # not the worker's 60 s: it was stopped
+    assert signal.getsignal(signal.SIGTERM) is handler
+    pid = int(events.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_cells_round_trip_and_errors():
     cells = [(0, "photo"), (2, "sketch")]
     assert parse_cells(format_cells(cells)) == set(cells)

@@ -9,7 +9,9 @@ which the parent builds first so no two workers compute it at once.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -56,40 +58,65 @@ def run_queue(units: Sequence[Unit], needs: Callable[[Unit], Iterable[Unit]],
     dropped: set[Unit] = set()  # failed, or needing a unit that did not finish
     failed: list[str] = []
     running: dict[int, tuple[Unit, subprocess.Popen, Any, float]] = {}
-    while pending or running:
-        for slot, (unit, process, handle, started) in list(running.items()):
-            code = process.poll()
-            if code is None:
-                continue
-            handle.close()
-            del running[slot]
-            log(f"worker {slot}: {unit_label(unit)} {'finished' if code == 0 else f'failed (exit {code})'} "
-                f"after {(time.perf_counter() - started) / 60:.1f} min")
-            if code == 0:
-                done.add(unit)
-            else:
+    # A parent stopped by Ctrl-C, an error or SIGTERM stops its workers: an orphan would go on
+    # training a cell that the rerun then starts a second time beside it.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    try:
+        while pending or running:
+            for slot, (unit, process, handle, started) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                handle.close()
+                del running[slot]
+                log(f"worker {slot}: {unit_label(unit)} {'finished' if code == 0 else f'failed (exit {code})'} "
+                    f"after {(time.perf_counter() - started) / 60:.1f} min")
+                if code == 0:
+                    done.add(unit)
+                else:
+                    dropped.add(unit)
+                    failed.append(f"{unit_label(unit)} ({log_dir / f'worker{slot}.log'})")
+            for unit in [u for u in pending if any(n in dropped for n in needs(u))]:
+                pending.remove(unit)
                 dropped.add(unit)
-                failed.append(f"{unit_label(unit)} ({log_dir / f'worker{slot}.log'})")
-        for unit in [u for u in pending if any(n in dropped for n in needs(u))]:
-            pending.remove(unit)
-            dropped.add(unit)
-            log(f"not starting {unit_label(unit)}: a unit it needs failed")
-        for slot in (i for i in range(jobs) if i not in running):
-            ready = next((u for u in pending if all(n in done or n not in planned for n in needs(u))), None)
-            if ready is None:
-                break
-            pending.remove(ready)
-            path = log_dir / f"worker{slot}.log"
-            handle = open(path, "a", encoding="utf-8")
-            log(f"worker {slot}: {unit_label(ready)} ({threads} thread(s)) → {path}")
-            process = subprocess.Popen(command(ready), stdout=handle, stderr=subprocess.STDOUT, env=env)
-            running[slot] = (ready, process, handle, time.perf_counter())
-        if pending and not running:
-            raise RuntimeError(f"units {[unit_label(u) for u in pending]} need units that never run")
-        if running:
-            time.sleep(poll_s)
+                log(f"not starting {unit_label(unit)}: a unit it needs failed")
+            for slot in (i for i in range(jobs) if i not in running):
+                ready = next((u for u in pending if all(n in done or n not in planned for n in needs(u))), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                path = log_dir / f"worker{slot}.log"
+                handle = open(path, "a", encoding="utf-8")
+                log(f"worker {slot}: {unit_label(ready)} ({threads} thread(s)) → {path}")
+                try:
+                    process = subprocess.Popen(command(ready), stdout=handle, stderr=subprocess.STDOUT, env=env)
+                except OSError:
+                    handle.close()
+                    raise
+                running[slot] = (ready, process, handle, time.perf_counter())
+            if pending and not running:
+                raise RuntimeError(f"units {[unit_label(u) for u in pending]} need units that never run")
+            if running:
+                time.sleep(poll_s)
+    finally:
+        for _, process, _, _ in running.values():
+            process.terminate()
+        for _, process, handle, _ in running.values():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            handle.close()
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if failed:
         raise RuntimeError(f"worker(s) failed: {'; '.join(failed)} (rerun to resume)")
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def unit_label(unit: Unit) -> str:
