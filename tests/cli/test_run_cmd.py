@@ -61,3 +61,22 @@ def test_methods_lists_both_registries():
         assert f"\n  {name} " in text
     assert "conv1x1='matrix'" in text
     assert "\n  gating " in text.split("Merges of whole model files")[1] and "--gate" in text
+
+
+def test_run_on_a_directory_another_run_holds_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    hold = ("import sys, time; from pathlib import Path; from dgmerge.pipeline.run_lock import run_lock\n"
+            "with run_lock(Path(sys.argv[1]), 'dgmerge run'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = tmp_path / "c.yaml"
+        config.write_text(f"output_dir: {tmp_path / 'run'}\ndata:\n  root: {tmp_path}\n  dataset: PACS\n")
+        result = runner.invoke(app, ["run", str(config)])
+        assert result.exit_code == 2
+        assert f"in use by another run (pid {holder.pid}, `dgmerge run`" in result.output
+    finally:
+        holder.kill()
+        holder.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,7 @@ from typing import Optional
 import typer
 
 from dgmerge.config import ConfigError
+from dgmerge.pipeline.run_lock import run_lock
 
 
 def pacs_cpu(
@@ -67,28 +69,32 @@ def pacs_cpu(
         typer.secho("error: --status only reads a run; drop --force, --convergence and --quick", fg=typer.colors.RED,
                     err=True)
         raise typer.Exit(code=2)
-    if force and (out / "results.jsonl").exists():
-        (out / "results.jsonl").unlink()
-        for name in ("models", "logs", "checkpoints"):
-            shutil.rmtree(out / name, ignore_errors=True)
-    elif (out / "results.jsonl").exists() and not status:
-        typer.echo(f"{out}/results.jsonl exists: finished runs are reused (--force starts afresh).")
+    # The top-level run holds --out (its workers, given --cells, run under its lock): a second
+    # run there would train the same cells twice, and --force delete a live run's rows.
+    lock = contextlib.nullcontext() if status or cells else run_lock(out, "dgmerge bench pacs-cpu")
     try:
-        opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
-                            test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
-                            part="ablations" if ablations else "main" if main_only else "main+ablations",
-                            jobs=jobs,
-                            cells=parse_cells(cells) if cells else None,
-                            overrides={**parse_overrides(overrides), **({"train.device": device} if device else {})},
-                            dataset=dataset)
-        if status:
-            typer.echo(bench_status(opts))
-            return
-        if convergence:
-            steps_list = [int(b) for b in budgets.split(",")] if budgets else list(BUDGETS)
-            report = run_convergence(opts, steps_list, log=typer.echo)
-        else:
-            report = run_pacs_cpu(opts, log=typer.echo)
+        with lock:
+            if force and (out / "results.jsonl").exists():
+                (out / "results.jsonl").unlink()
+                for name in ("models", "logs", "checkpoints"):
+                    shutil.rmtree(out / name, ignore_errors=True)
+            elif (out / "results.jsonl").exists() and not status:
+                typer.echo(f"{out}/results.jsonl exists: finished runs are reused (--force starts afresh).")
+            opts = BenchOptions(data_root=data_root, weights=weights, out=out, seeds=seeds or None,
+                                test_domains=test_domains or None, steps=steps, quick=quick, cache_dir=cache_dir,
+                                part="ablations" if ablations else "main" if main_only else "main+ablations",
+                                jobs=jobs,
+                                cells=parse_cells(cells) if cells else None,
+                                overrides={**parse_overrides(overrides), **({"train.device": device} if device else {})},
+                                dataset=dataset)
+            if status:
+                typer.echo(bench_status(opts))
+                return
+            if convergence:
+                steps_list = [int(b) for b in budgets.split(",")] if budgets else list(BUDGETS)
+                report = run_convergence(opts, steps_list, log=typer.echo)
+            else:
+                report = run_pacs_cpu(opts, log=typer.echo)
     except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None

@@ -9,6 +9,7 @@ import typer
 
 from dgmerge.cli.common import fail
 from dgmerge.config import ConfigError, parse_overrides
+from dgmerge.pipeline.run_lock import RunDirectoryBusy, run_lock
 
 
 def run(
@@ -29,8 +30,10 @@ def run(
         if device is not None:
             extra["train.device"] = device
         cfg = load_experiment(config, extra)
-        rows = run_experiment(cfg, log=typer.echo)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        # Two runs on one directory would train the same cells twice beside each other.
+        with run_lock(cfg.output_dir, "dgmerge run"):
+            rows = run_experiment(cfg, log=typer.echo)
+    except (ConfigError, FileNotFoundError, ValueError, RunDirectoryBusy) as exc:
         fail(str(exc))
     if rows:
         typer.echo("\n".join(to_markdown(t) for t in build_tables(rows)))
