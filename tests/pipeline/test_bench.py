@@ -233,6 +233,7 @@ def test_status_reads_a_run_without_running_it(tmp_path, tiny_shapes):
     # Later seeds reuse seed 0's choice of HAM's training: they say they wait for it.
     assert lines[4].startswith("  seed 1 · noisy: 0 rows; to do: linear_probe") and lines[4].endswith(
         "(HAM's training is chosen once the tuning seeds finish)")
+    assert lines[-2] == "not running (no process holds the directory)"
     assert lines[-1] == "worker0.log (3 min ago): seed 0 / noisy / erm: step 50/1000"
     assert not (out / "results.jsonl").exists()  # nothing was run or written
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--status", "--force", "--out", str(out)])

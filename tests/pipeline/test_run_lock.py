@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dgmerge.pipeline.run_lock import LOCK_NAME, RunDirectoryBusy, run_lock
+from dgmerge.pipeline.run_lock import LOCK_NAME, RunDirectoryBusy, lock_holder, run_lock
 
 HOLD = """
 import sys, time
@@ -21,6 +21,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_named(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        assert lock_holder(tmp_path).startswith(f"pid {holder.pid}, `dgmerge bench pacs-cpu`, since ")
         with pytest.raises(RunDirectoryBusy, match=rf"{tmp_path} is in use by another run \(pid {holder.pid}, "
                                                    r"`dgmerge bench pacs-cpu`, since .*UTC\).*another --out"):
             with run_lock(tmp_path, "dgmerge run"):
@@ -29,6 +30,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_named(tmp_path):
         holder.kill()
         holder.wait()
     # The holder died without releasing anything by hand: the lock went with it.
+    assert lock_holder(tmp_path) is None and lock_holder(tmp_path / "never-ran") is None
     with run_lock(tmp_path, "dgmerge run"):
         assert "`dgmerge run`" in (tmp_path / LOCK_NAME).read_text()
 

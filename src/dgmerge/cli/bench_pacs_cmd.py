@@ -47,7 +47,8 @@ def pacs_cpu(
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated step budgets for --convergence "
                                           "(default 100,300,1000,2000,4000)."),
     status: bool = typer.Option(False, "--status", help="Say where the run in --out stands (cells done, methods "
-                                "left, each worker's last log line) and exit; safe beside a running benchmark."),
+                                "left, which process runs it, each worker's last log line) and exit; safe beside "
+                                "a running benchmark."),
 ) -> None:
     """Reproduce the PACS table (HAM paper layout, mean ± std over 3 seeds) on a CPU.
 

@@ -31,6 +31,7 @@ from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, loa
                                          scope_overrides)
 from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import Unit, format_cells, run_queue, warm_feature_cache
+from dgmerge.pipeline.run_lock import lock_holder
 from dgmerge.reports.ablations import paired_markdown
 from dgmerge.reports.compute import compute_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
@@ -222,6 +223,8 @@ def bench_status(opts: BenchOptions, now: float | None = None) -> str:
             state = ("done" if not c.todo else "to do: " + ", ".join(c.todo)
                      + (" (HAM's training is chosen once the tuning seeds finish)" if c.waiting else ""))
             lines.append(f"  seed {c.seed} · {c.name}: {c.rows} rows; {state}")
+    holder = lock_holder(cfg.output_dir)
+    lines.append(f"running: {holder}" if holder else "not running (no process holds the directory)")
     now = time.time() if now is None else now
     for path in sorted((cfg.output_dir / "logs").glob("worker*.log")):
         last = next((line for line in reversed(path.read_text(errors="replace").splitlines()) if line.strip()), "")

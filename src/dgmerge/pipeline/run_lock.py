@@ -55,4 +55,18 @@ def run_lock(directory: Path, command: str) -> Iterator[None]:
         handle.close()  # closing releases the flock
 
 
-__all__ = ["LOCK_NAME", "RunDirectoryBusy", "run_lock"]
+def lock_holder(directory: Path) -> str | None:
+    """Who holds <directory>'s run lock ("pid N, `command`, since ..."), or None if no process
+    does. Only probes: a lock it obtains is released at once."""
+    path = Path(directory) / LOCK_NAME
+    if fcntl is None or not path.exists():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "a process that did not say which"
+    return None
+
+
+__all__ = ["LOCK_NAME", "RunDirectoryBusy", "lock_holder", "run_lock"]
