@@ -110,6 +110,21 @@ def test_a_stopped_parent_stops_its_workers(tmp_path):
         os.kill(pid, 0)
 
 
+def test_fewer_units_than_jobs_get_the_spare_cores_as_threads(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    seen = tmp_path / "threads.txt"
+    script = "import os, sys; open(sys.argv[1], 'a').write(os.environ['OMP_NUM_THREADS'] + '\\n')"
+    run_queue([("main", (0, "x"))], lambda u: set(), lambda u: [sys.executable, "-c", script, str(seen)],
+              tmp_path / "logs", 2, lambda _: None, poll_s=0.05)
+    assert seen.read_text() == "4\n"  # one unit, one slot: all 4 cores, not 4 // 2
+    seen.unlink()
+    run_queue([("main", (0, "x")), ("main", (0, "y"))], lambda u: set(),
+              lambda u: [sys.executable, "-c", script, str(seen)], tmp_path / "logs", 2, lambda _: None, poll_s=0.05)
+    assert seen.read_text() == "2\n2\n"
+
+
 def test_cells_round_trip_and_errors():
     cells = [(0, "photo"), (2, "sketch")]
     assert parse_cells(format_cells(cells)) == set(cells)

@@ -235,8 +235,9 @@ def bench_status(opts: BenchOptions, now: float | None = None) -> str:
 def _run_in_workers(opts: BenchOptions, cfg: ExperimentConfig, jobs: int, log: Log) -> None:
     """Run every unfinished (part, cell) as this command on that one cell, `jobs` at a time, from
     a queue: main cells first, so the main table is complete first, then the ablations."""
-    names = [one.part for one in parts(opts)]
-    units = [(one.part, (c.seed, c.name)) for one in parts(opts) for c in experiment_status(pacs_cpu_config(one))
+    every_part = parts(opts)
+    names = [one.part for one in every_part]
+    units = [(one.part, (c.seed, c.name)) for one in every_part for c in experiment_status(pacs_cpu_config(one))
              if c.todo]
     if not units:
         log("every cell is already in results.jsonl")

@@ -44,12 +44,14 @@ def run_queue(units: Sequence[Unit], needs: Callable[[Unit], Iterable[Unit]],
     has finished; a need outside `units` counts as done (it finished in an earlier run). A fixed
     split of the cells between workers leaves a core idle once the lighter share is done, and how
     much work a cell has left depends on what earlier runs finished; a queue needs neither guess.
-    Slot i appends to worker{i}.log and gets OMP/MKL thread counts of cores // jobs. A failed unit
-    does not stop the others, but the units that need it do not start; at the end RuntimeError
-    names the failed units' logs.
+    There are min(jobs, len(units)) slots; slot i appends to worker{i}.log and gets OMP/MKL
+    thread counts of cores // slots. A failed unit does not stop the others, but the units that
+    need it do not start; at the end RuntimeError names the failed units' logs.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    # Fewer units than jobs: fewer slots, each with more threads (one cell on 2 cores gets both).
+    jobs = min(jobs, max(1, len(units)))
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
