@@ -52,3 +52,11 @@ def test_accuracy_counts_correct_predictions():
 def test_accuracy_on_empty_dataset_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         accuracy(nn.Identity(), TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+
+
+def test_rows_name_the_machine_that_produced_them(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    machine = row()["machine"]
+    assert machine["threads"] == 3
+    assert machine["torch"] == torch.__version__
+    assert machine["cpus"] >= 1 and machine["cpu"]

@@ -1,7 +1,7 @@
 """One JSON line per result, appended to results.jsonl (DomainBed-style records).
 
 Every row says what produced it: dataset, test domain, seed, method, hyperparameters,
-split, selection rule, code version and wall time. Rows are only ever appended.
+split, selection rule, code version, machine and wall time. Rows are only ever appended.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dgmerge.machine import machine_info
 from dgmerge.version import code_version
 
 REQUIRED_FIELDS = (
@@ -29,6 +30,7 @@ def make_row(*, dataset: str, test_domain: str, seed: int, method: str, hparams:
         "hparams": hparams, "split": split, "selection": selection,
         "test_acc": float(test_acc), "wall_time_s": round(float(wall_time_s), 3),
         "code_version": code_version(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
     }
     row.update(extra)
     return row
