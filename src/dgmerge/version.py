@@ -1,30 +1,41 @@
-"""The code version recorded in every result row."""
+"""The code version recorded in every result row.
+
+It is read once, when this module is first imported, which is at a process's start for the CLI
+and for scripts that import the pipeline. A run lasts hours while the checkout may move on: reading
+it when a row is written recorded the checkout of that moment (a later commit, or '-dirty' from an
+edit in progress) instead of the code the process had loaded.
+"""
 
 from __future__ import annotations
 
-import functools
 import subprocess
 from pathlib import Path
 
 from dgmerge import __version__
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit (and '-dirty') when running from a checkout.
+def read_code_version(directory: Path) -> str:
+    """Package version plus the git commit of `directory` (and '-dirty' for uncommitted edits).
 
-    Results must say which code produced them; a release install has only the version.
+    A release install, or a directory outside any checkout, has only the version.
     """
-    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            ["git", "-C", str(directory), "rev-parse", "--short=12", "HEAD"],
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'-dirty' if dirty else ''}"
+
+
+_AT_IMPORT = read_code_version(Path(__file__).resolve().parent)
+
+
+def code_version() -> str:
+    """The version of the code this process loaded (see the module docstring)."""
+    return _AT_IMPORT
