@@ -278,3 +278,22 @@ def test_one_command_runs_the_main_table_then_the_ablations(tmp_path, monkeypatc
         pacs_cpu_config(opts)
     result = CliRunner().invoke(app, ["bench", "pacs-cpu", "--ablations", "--main-only", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "pass neither for both" in result.output
+
+
+def test_a_configs_own_ablations_are_labelled_by_what_they_change():
+    from dgmerge.pipeline.bench import ABLATION_ROWS, _paired_labels, ablation_labels
+
+    rows = [
+        {"method": "ham:no-sae", "variant": {"label": "no-sae", "set": {"sae": False}}},
+        {"method": "ham:lam10", "variant": {"label": "lam10", "set": {"opa_weight": 10.0}, "seeds": [0]}},
+        {"method": "ham:wide", "variant": {"label": "wide", "set": {"opa_weight": 2, "beta": 0.3}, "seeds": [0, 2]}},
+        {"method": "ham:lam0.5_r0.2", "variant": {"label": "lam0.5_r0.2", "set": {"opa_weight": 0.5}, "tuning": True}},
+        {"method": "erm"},
+    ]
+    labels = ablation_labels(rows)
+    assert list(labels)[:len(ABLATION_ROWS)] == list(ABLATION_ROWS)
+    assert labels["ham:lam10"] == "lam10: opa_weight = 10.0 (seed 0 only)"
+    assert labels["ham:wide"] == "wide: opa_weight = 2, beta = 0.3 (seeds 0, 2 only)"
+    assert "ham:lam0.5_r0.2" not in labels and "erm" not in labels  # tuning points are sensitivity
+    paired = _paired_labels(rows)
+    assert "ham" not in paired and "ham:reference" not in paired and "ham:lam10" in paired

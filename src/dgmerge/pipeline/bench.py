@@ -336,7 +336,7 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float,
         "## Diagnostics: update norms over the trained tensors, HAM's borrowing and sign conflicts", "",
         diagnostics_markdown(rows, MAIN_ROWS), "",
         "## HAM ablations", "",
-        _table(rows, ABLATION_ROWS), "",
+        _table(rows, ablation_labels(every)), "",
         "Each ablation minus the reference, paired on the seeds both have (held-out / source val, "
         "points; a one-seed ablation reads against the reference's same seed):", "",
         paired_markdown(every, "ham:reference", _paired_labels(every)), "",
@@ -349,15 +349,25 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float,
     return "\n".join(lines) + "\n"
 
 
-def _paired_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The ablation rows to pair with the reference: ABLATION_ROWS' ones, then the other HAM
-    variants that are not tuning points (e.g. λ 0.01, λ 10), under their method names."""
-    labels = {m: label for m, label in ABLATION_ROWS.items() if m not in ("ham", "ham:reference")}
+def ablation_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ablation table's rows: ABLATION_ROWS' ones, then any other HAM variant that is not a
+    tuning point (a config's own, e.g. λ 0.01 or λ 10), labelled by what it changes and, where it
+    runs on some seeds only, which."""
+    labels = dict(ABLATION_ROWS)
     for row in rows:
-        method = row["method"]
-        if method.startswith("ham:") and method not in ABLATION_ROWS and not (row.get("variant") or {}).get("tuning"):
-            labels.setdefault(method, method)
+        method, variant = row["method"], row.get("variant") or {}
+        if method.startswith("ham:") and method not in labels and not variant.get("tuning"):
+            changes = ", ".join(f"{key} = {value}" for key, value in (variant.get("set") or {}).items())
+            seeds = variant.get("seeds")
+            labels[method] = (f"{method.removeprefix('ham:')}: {changes or 'as configured'}"
+                              + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} only)"
+                                 if seeds else ""))
     return labels
+
+
+def _paired_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ablation rows to pair with the reference: every ablation but HAM and the reference."""
+    return {m: label for m, label in ablation_labels(rows).items() if m not in ("ham", "ham:reference")}
 
 
 def _table(rows: list[dict[str, Any]], labels: dict[str, str], metric: str = "test_acc") -> str:
