@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dgmerge"
 # Bottom to top. A package may import packages of lower layers (and itself) only.
 LAYERS: list[set[str]] = [
     {"__init__"},
-    {"atomic", "device", "hashing", "progress", "version"},
+    {"atomic", "device", "hashing", "machine", "progress", "version"},
     {"files"},
     {"data", "merging"},
     {"models"},
