@@ -23,6 +23,19 @@ def test_the_version_names_the_commit_and_uncommitted_edits(tmp_path):
     assert version.read_code_version(tmp_path) == f"{__version__}+g{head}"
 
 
+def test_edits_outside_the_package_source_do_not_make_it_dirty(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "rows.jsonl").write_text("{}\n{}\n")  # a run's results, snapshotted as it goes
+    assert not version.read_code_version(tmp_path / "src").endswith("-dirty")
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")
+    assert version.read_code_version(tmp_path / "src").endswith("-dirty")
+
+
 def test_outside_a_checkout_it_is_the_package_version(tmp_path):
     assert version.read_code_version(tmp_path / "nowhere") == __version__
 

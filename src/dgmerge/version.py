@@ -15,7 +15,9 @@ from dgmerge import __version__
 
 
 def read_code_version(directory: Path) -> str:
-    """Package version plus the git commit of `directory` (and '-dirty' for uncommitted edits).
+    """Package version plus the git commit of `directory`, and '-dirty' for uncommitted edits
+    under `directory` (the package's source: a run's own result files, committed as it goes,
+    are not the code that produced them).
 
     A release install, or a directory outside any checkout, has only the version.
     """
@@ -25,7 +27,7 @@ def read_code_version(directory: Path) -> str:
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no", "--", "."],
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
