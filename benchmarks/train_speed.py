@@ -48,6 +48,7 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from dgmerge.config import BackboneConfig, HamConfig, TrainConfig, shared_mobilenetv2_config
+from dgmerge.machine import cpu_model
 from dgmerge.models import load_backbone
 from dgmerge.models.classifier import Classifier, set_trainable
 from dgmerge.models.heads import LinearHead
@@ -142,13 +143,8 @@ def floor_seconds_per_step(theta0: Classifier, data: dict, batch: int, history: 
 
 
 def machine() -> str:
-    """CPU model and core count, as /proc/cpuinfo names them (else the architecture)."""
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                 if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} logical CPUs"
+    """CPU model and core count (the CPU as result rows name it)."""
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs"
 
 
 def suffix_flops(model: Classifier, sample: torch.Tensor) -> float:
