@@ -358,10 +358,10 @@ def ablation_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
         method, variant = row["method"], row.get("variant") or {}
         if method.startswith("ham:") and method not in labels and not variant.get("tuning"):
             changes = ", ".join(f"{key} = {value}" for key, value in (variant.get("set") or {}).items())
-            seeds = variant.get("seeds")
-            labels[method] = (f"{method.removeprefix('ham:')}: {changes or 'as configured'}"
-                              + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} only)"
-                                 if seeds else ""))
+            label = f"{method.removeprefix('ham:')}: {changes or 'as configured'}"
+            if seeds := variant.get("seeds"):
+                label += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} only)"
+            labels[method] = label
     return labels
 
 
