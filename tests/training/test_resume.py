@@ -72,6 +72,44 @@ def test_ham_resume_equals_uninterrupted(tmp_path, historical):
     assert [h["sign_conflict"] for h in full.history] == [h["sign_conflict"] for h in resumed.history]
 
 
+def _fine_tune(checkpoint):
+    return fine_tune(theta0(), TRAIN["train"], TRAIN["val"], CFG, seed=1, checkpoint=checkpoint)
+
+
+def _train_ham(checkpoint):
+    ham = HamConfig(historical="beta", merge_method="rhm", merge_hparams={"trim": 0.2})
+    return train_ham(theta0(), TRAIN["train"], TRAIN["val"], CFG, ham, seed=2, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("train", [_fine_tune, _train_ham])
+def test_a_resumed_run_reports_the_time_of_every_process_that_trained_it(tmp_path, train):
+    # A benchmark sums its compute from these times: a resume must not drop the earlier part.
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(Killed):
+        train(KillAfterSave(path, 3, 6))
+    payload = torch.load(path, weights_only=True)
+    assert payload["wall_time_s"] > 0
+    payload["wall_time_s"] = 1000.0  # as if the killed process had trained for 1000 s
+    torch.save(payload, path)
+    resumed = train(Checkpointer(path, 3))
+    fresh = train(Checkpointer(None))
+    assert 1000.0 < resumed.wall_time_s < 1000.0 + 10 * fresh.wall_time_s + 5
+    assert fresh.wall_time_s < 1000.0
+
+
+def test_a_checkpoint_from_before_wall_times_were_saved_counts_as_no_earlier_time(tmp_path):
+    path = tmp_path / "old.ckpt"
+    with pytest.raises(Killed):
+        _fine_tune(KillAfterSave(path, 3, 6))
+    payload = torch.load(path, weights_only=True)
+    del payload["wall_time_s"]
+    torch.save(payload, path)
+    checkpoint = Checkpointer(path, 3)
+    resumed = _fine_tune(checkpoint)
+    assert checkpoint.earlier_s == 0.0
+    assert 0.0 < resumed.wall_time_s < 1000.0
+
+
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"not a checkpoint")

@@ -4,7 +4,9 @@ A row's `wall_time_s` includes the training it ran; rows that reuse a training (
 on ERM's run, HAM's r points and merge-time ablations on its λ training, DiWA greedy on DiWA's
 runs) carry the same `train_wall_time_s` as the row that paid for it. Each training is counted
 once per cell, so the total is the compute that produced the rows. Work lost with a stopped
-machine, or done again after a resume, wrote no row and is not in it.
+machine, or done again after a resume, wrote no row and is not in it. A training resumed from a
+checkpoint counts the time of every process that trained it; rows written before checkpoints
+carried their wall time (dgmerge.training.checkpoint) count only the time since the last resume.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ A checkpoint holds everything the next steps depend on: model weights, optimizer
 schedule states, batch-stream positions, running averages, best checkpoints, the history so
 far and torch's global RNG. It is written atomically and loaded with weights_only=True
 (tensors and plain values only), and deleted once the run has finished.
+
+A checkpoint also holds the run's wall time so far (`wall_time_s`), so a resumed run reports the
+time of every process that trained it, not only the last one's: a benchmark's compute figures are
+summed from these times. A checkpoint written before this field existed (dgmerge before 2026-12-08)
+counts as no earlier time, so such a run reports only the time since its last resume.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ class Checkpointer:
     def __init__(self, path: Path | None, every: int = 0):
         self.path = Path(path) if path is not None else None
         self.every = every
+        # Wall time the run had spent, in earlier processes, up to the save it resumed from.
+        self.earlier_s = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +48,7 @@ class Checkpointer:
             torch.save(payload, temp)
 
     def load(self) -> dict[str, Any] | None:
+        self.earlier_s = 0.0
         if not self.enabled or not self.path.is_file():  # type: ignore[union-attr]
             return None
         try:
@@ -49,6 +57,7 @@ class Checkpointer:
             payload = torch.load(self.path, weights_only=True, map_location="cpu")
         except Exception as exc:  # a truncated or foreign file: say which, do not guess
             raise ValueError(f"cannot resume from {self.path}: {exc}; delete it to start this run afresh") from exc
+        self.earlier_s = float(payload.get("wall_time_s", 0.0))
         torch.set_rng_state(payload["rng"])
         if payload.get("cuda_rng") is not None and torch.cuda.is_available():
             if len(payload["cuda_rng"]) == torch.cuda.device_count():
