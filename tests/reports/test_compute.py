@@ -2,7 +2,7 @@
 
 import pytest
 
-from dgmerge.reports.compute import compute_markdown, compute_seconds
+from dgmerge.reports.compute import compute_markdown, compute_seconds, machines_markdown
 
 
 def row(method, group, wall, train=None, seed=0, domain="a", **fields):
@@ -51,3 +51,23 @@ def test_markdown_orders_by_cost_and_totals_in_hours():
     assert lines[3].startswith("| ERM (") and lines[3].endswith("| 1.00 | 25.0 % |")
     assert lines[4] == "| **Total** | **4.00** | 100 % |"
     assert compute_markdown([]) == "(no rows with wall times yet)"
+
+
+def test_machines_table_counts_rows_and_pays_a_shared_training_once_on_the_machine_that_ran_it():
+    xeon = {"cpu": "Xeon", "cpus": 2, "threads": 1, "torch": "2"}
+    epyc = {"cpu": "EPYC", "cpus": 2, "threads": 1, "torch": "2"}
+    gpu = {"cpu": "EPYC", "cpus": 16, "threads": 16, "torch": "2", "gpu": "H100"}
+    rows = [row("erm", "erm", 7200.0, 7200.0),  # written before rows named their machine
+            row("ham", "ham", 3604.0, 3600.0, machine=xeon),
+            # A merge-time ablation on another machine reuses the Xeon's training: 36 s of its own.
+            row("ham:ties", "ham_variants", 36.0, 3600.0, machine=epyc),
+            row("ham:no-sae", "ham_variants", 1800.0, 1764.0, machine=epyc),
+            row("erm", "erm", 360.0, 360.0, seed=1, machine=gpu)]
+    lines = compute_markdown(rows).splitlines()  # unchanged by the machines
+    assert lines[-1] == "| **Total** | **3.61** | 100 % |"
+    table = machines_markdown(rows).splitlines()
+    assert table[0] == "| Machine | rows | worker-hours |"
+    assert table[2] == "| EPYC, 2 CPUs, 1 thread(s) | 2 | 0.51 |"
+    assert table[3].startswith("| not recorded (") and table[3].endswith("| 1 | 2.00 |")
+    assert table[4] == "| Xeon, 2 CPUs, 1 thread(s) | 1 | 1.00 |"
+    assert table[5] == "| EPYC, 16 CPUs, 16 thread(s), H100 | 1 | 0.10 |"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from dgmerge.atomic import write_text_atomic
 from dgmerge.config import ExperimentConfig, resolve_config_path
 from dgmerge.data.errors import DatasetNotFoundError
 from dgmerge.data.imagefolder import resolve_dataset_dir, scan_domains
+from dgmerge.machine import cpu_model
 from dgmerge.models.entries import find_pretrained
 from dgmerge.pipeline.experiment import (experiment_rows, experiment_status, load_experiment, run_experiment,
                                          scope_overrides)
@@ -33,7 +33,7 @@ from dgmerge.pipeline.sweep import select_by_validation
 from dgmerge.pipeline.parallel import Unit, format_cells, run_queue, warm_feature_cache
 from dgmerge.pipeline.run_lock import lock_holder
 from dgmerge.reports.ablations import paired_markdown
-from dgmerge.reports.compute import compute_markdown
+from dgmerge.reports.compute import compute_markdown, machines_markdown
 from dgmerge.reports.diagnostics import diagnostics_markdown
 from dgmerge.reports.selection import selection_markdown
 from dgmerge.reports.selection_figure import selection_figure
@@ -324,7 +324,7 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float,
         *([f"- HAM's tuning: the points that train (λ) are chosen per held-out domain on seed(s) "
            f"{cfg.ham_tuning_seeds}'s source validation and reused on the other seeds; each cell picks "
            "r (a merge-time point) itself."] if cfg.ham_tuning_seeds is not None else []),
-        f"- Code {code_version()}, torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPUs, "
+        f"- Code {code_version()}, torch {torch.__version__}, rendered on {cpu_model()} with {os.cpu_count()} CPUs, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; this invocation ({part}) took "
         f"{wall_time_s / 60:.1f} min.", "",
         "## Accuracy (%) per held-out domain, mean ± std over seeds", "",
@@ -344,7 +344,9 @@ def bench_report(cfg: ExperimentConfig, part: str, wall_time_s: float,
         _table(every, {r["method"]: r["method"] for r in every
                        if r["method"].startswith("ham:") and r["method"] not in ABLATION_ROWS}), "",
         "## Where the compute went (worker-hours recorded in the rows; each training counted once)", "",
-        compute_markdown(every),
+        compute_markdown(every), "",
+        "The machines the rows record (a resumed run may span several):", "",
+        machines_markdown(every),
     ]
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,7 @@ carried their wall time (dgmerge.training.checkpoint) count only the time since 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 from dgmerge.reports.markdown import markdown_table
 
@@ -45,14 +45,24 @@ def _group(row: Row) -> str:
     return group
 
 
-def compute_seconds(rows: list[Row]) -> dict[str, float]:
-    """Seconds of worker time per group (keys of GROUPS, or a row's own group), each training once."""
+def machine_label(row: Row) -> str:
+    """The machine a row records (dgmerge.machine), as one line; rows from before the field say so."""
+    machine = row.get("machine")
+    if not isinstance(machine, dict):
+        return "not recorded (rows written before rows named their machine)"
+    label = f"{machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, {machine.get('threads', '?')} thread(s)"
+    return f"{label}, {machine['gpu']}" if machine.get("gpu") else label
+
+
+def compute_seconds(rows: list[Row], by: Callable[[Row], str] = _group) -> dict[str, float]:
+    """Seconds of worker time per `by(row)` (by default the keys of GROUPS, or a row's own group),
+    each training once: a training shared by rows of several groups is paid by the first row."""
     out: dict[str, float] = defaultdict(float)
     paid: set[tuple[Any, Any, float]] = set()
     for row in rows:
         wall = float(row.get("wall_time_s") or 0.0)
         train = row.get("train_wall_time_s")
-        group = _group(row)
+        group = by(row)
         if not isinstance(train, (int, float)) or wall < train:
             # No training, or one another row ran: the row's own time is all it cost.
             out[group] += wall
@@ -75,3 +85,15 @@ def compute_markdown(rows: list[Row]) -> str:
             for group, value in sorted(seconds.items(), key=lambda kv: -kv[1])]
     rows.append(["**Total**", f"**{total / 3600:.2f}**", "100 %"])
     return "\n".join(markdown_table(["What", "worker-hours", "share"], rows, "lrr"))
+
+
+def machines_markdown(rows: list[Row]) -> str:
+    """Rows and worker-hours per machine the rows record: a run resumed across machines shows
+    which produced what, since wall times compare only on one machine."""
+    seconds = compute_seconds(rows, by=machine_label)
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[machine_label(row)] += 1
+    table = [[label, str(counts[label]), f"{seconds.get(label, 0.0) / 3600:.2f}"]
+             for label in sorted(counts, key=lambda label: -counts[label])]
+    return "\n".join(markdown_table(["Machine", "rows", "worker-hours"], table, "lrr"))
