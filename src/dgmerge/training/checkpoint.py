@@ -13,6 +13,7 @@ counts as no earlier time, so such a run reports only the time since its last re
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ class Checkpointer:
     def due(self, step: int, total: int) -> bool:
         # The last step needs no checkpoint: the finished run's results are written instead.
         return self.enabled and step % self.every == 0 and step < total
+
+    def wall_time_s(self, start: float) -> float:
+        """The run's wall time: this process's since `start` (a perf_counter reading) plus earlier ones'."""
+        return self.earlier_s + time.perf_counter() - start
 
     def save(self, payload: dict[str, Any]) -> None:
         assert self.path is not None

@@ -196,7 +196,7 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
                              "streams": {name: stream.state_dict() for name, stream in streams.items()},
                              "best_state": best_state, "best_step": best_step, "best_acc": best_acc,
                              "history": history, "observers": {o.name: o.state_dict() for o in observers},
-                             "wall_time_s": checkpoint.earlier_s + time.perf_counter() - start})
+                             "wall_time_s": checkpoint.wall_time_s(start)})
 
     checkpoint.finish()
     scalars.close()
@@ -204,7 +204,7 @@ def fine_tune(model: Classifier, train_sets: dict[str, Dataset], val_sets: dict[
         stream.close()
     return TrainResult(best_state=best_state, final_state=_clone_state(model), best_step=best_step,
                        best_val_acc=best_acc, history=history,
-                       wall_time_s=checkpoint.earlier_s + time.perf_counter() - start)
+                       wall_time_s=checkpoint.wall_time_s(start))
 
 
 def _restore_observers(observers: Sequence[TrajectoryObserver], saved: Mapping[str, Any], path: Path | None,

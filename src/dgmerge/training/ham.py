@@ -249,7 +249,7 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
         if checkpoint.due(step, train_cfg.steps):
             checkpoint.save({"step": step, "history": history, "runs": [_export(run) for run in runs],
                              "streams": {name: stream.state_dict() for name, stream in streams.items()},
-                             "wall_time_s": checkpoint.earlier_s + time.perf_counter() - start})
+                             "wall_time_s": checkpoint.wall_time_s(start)})
     checkpoint.finish()
     scalars.close()
     for stream in streams.values():
@@ -263,7 +263,7 @@ def train_ham(models_or_theta0: Classifier | Sequence[Classifier], train_sets: d
                        best_steps={run.name: run.best_step for run in runs},
                        best_val_accs={run.name: run.best_acc for run in runs}, history=history)
     result.merged_state = merge_trained(result, theta0_state, ham_cfg)
-    result.wall_time_s = checkpoint.earlier_s + time.perf_counter() - start
+    result.wall_time_s = checkpoint.wall_time_s(start)
     return result
 
 
