@@ -13,11 +13,12 @@ prints one line per training and the total the rows are missing. Needs the `tens
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from dgmerge.evaluation.results import read_results
 
 
 def file_span_s(path: Path) -> float:
@@ -33,8 +34,7 @@ def file_span_s(path: Path) -> float:
 def recorded_times(results: Path) -> dict[tuple[int, str, str], float]:
     """train_wall_time_s of each (seed, held-out domain, training directory name), from the rows."""
     out: dict[tuple[int, str, str], float] = {}
-    for line in results.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_results(results):
         if row.get("train_wall_time_s") is not None and row["method"].startswith("ham:"):
             out.setdefault((row["seed"], row["test_domain"], row["method"].replace(":", "_")),
                            float(row["train_wall_time_s"]))
